@@ -1,0 +1,471 @@
+package tbgateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/thingsgate/tbgateway/internal/jsonx"
+	"github.com/thingsgate/tbgateway/internal/pending"
+)
+
+const (
+	topicGatewayAttributes      = "v1/gateway/attributes"
+	topicGatewayAttrRequest     = "v1/gateway/attributes/request"
+	topicGatewayAttrResponse    = "v1/gateway/attributes/response"
+	attributeUpdateDeletedField = "deleted"
+)
+
+// Attributes maps device names to client-side attributes, for one message
+// that carries attributes of several devices.
+type Attributes map[string]Values
+
+// PublishAttributes sends client-side attributes of several devices in one
+// v1/gateway/attributes message. Value rules, blocking and offline
+// behaviour are those of Gateway.PublishTelemetry.
+func (g *Gateway) PublishAttributes(ctx context.Context, a Attributes) error {
+	e := getEncoder()
+	defer e.release()
+	if err := e.gatewayAttributes(a); err != nil {
+		return err
+	}
+	return g.publish(ctx, topicGatewayAttributes, e.payload())
+}
+
+// gatewayAttributes writes {"device":{...},...}.
+func (e *encoder) gatewayAttributes(a Attributes) error {
+	if len(a) == 0 {
+		return fmt.Errorf("%w: no device", ErrNoData)
+	}
+	e.names = sortedNames(e.names, a)
+	e.buf = append(e.buf, '{')
+	for i, name := range e.names {
+		if err := checkDeviceName(name); err != nil {
+			return err
+		}
+		if i > 0 {
+			e.buf = append(e.buf, ',')
+		}
+		e.buf = jsonx.AppendString(e.buf, name)
+		e.buf = append(e.buf, ':')
+		if err := e.values(name, a[name]); err != nil {
+			return err
+		}
+	}
+	e.buf = append(e.buf, '}')
+	return nil
+}
+
+// PublishAttributes sends this device's client-side attributes; see
+// Gateway.PublishAttributes.
+func (d *Device) PublishAttributes(ctx context.Context, v Values) error {
+	return d.g.PublishAttributes(ctx, Attributes{d.name: v})
+}
+
+// PublishAttributes sends the gateway's own client-side attributes on
+// v1/devices/me/attributes.
+func (s *GatewayDevice) PublishAttributes(ctx context.Context, v Values) error {
+	e := getEncoder()
+	defer e.release()
+	if err := e.values("", v); err != nil {
+		return err
+	}
+	return s.g.publish(ctx, topicSelfAttributes, e.payload())
+}
+
+// AttributeKeys names the attributes to request, by scope.
+type AttributeKeys struct {
+	Client []string // client-side attributes (the device's own)
+	Shared []string // shared attributes (set on the server)
+}
+
+// AttributeValues holds the attributes found, by scope. Keys that do not
+// exist on the server are simply absent; the maps are never nil.
+type AttributeValues struct {
+	Client Values
+	Shared Values
+}
+
+type attrKey struct {
+	device string
+	id     int32
+}
+
+type attrReply struct {
+	value    any
+	hasValue bool
+	values   map[string]any
+	client   map[string]any // combined form only
+	shared   map[string]any
+}
+
+// RequestAttributes asks ThingsBoard for a device's client and/or shared
+// attributes and returns both sets. The server accepts one scope per
+// request, so a call naming both sends two requests (correlated by device
+// and id) and merges the replies. It blocks until every reply arrived or
+// ctx ends; a ctx without deadline gets the request timeout
+// (WithRequestTimeout), because the server sends no reply when the request
+// fails on its side. It fails with ErrConnectionLost if the connection
+// drops meanwhile, with ErrNotConnected if it is down.
+func (g *Gateway) RequestAttributes(ctx context.Context, device string, keys AttributeKeys) (AttributeValues, error) {
+	out := AttributeValues{Client: Values{}, Shared: Values{}}
+	if err := checkDeviceName(device); err != nil {
+		return out, err
+	}
+	if len(keys.Client) == 0 && len(keys.Shared) == 0 {
+		return out, fmt.Errorf("%w: no attribute keys", ErrNoData)
+	}
+	for _, k := range append(keys.Client[:len(keys.Client):len(keys.Client)], keys.Shared...) {
+		if k == "" {
+			return out, &ValueError{Device: device, Err: fmt.Errorf("%w: empty attribute key", ErrInvalidKey)}
+		}
+	}
+	ctx, cancel := g.requestContext(ctx)
+	defer cancel()
+
+	type scope struct {
+		keys   []string
+		client bool
+		into   Values
+	}
+	var scopes []scope
+	if g.opts.combinedAttrRequests {
+		scopes = []scope{{}}
+	} else {
+		if len(keys.Client) > 0 {
+			scopes = append(scopes, scope{keys.Client, true, out.Client})
+		}
+		if len(keys.Shared) > 0 {
+			scopes = append(scopes, scope{keys.Shared, false, out.Shared})
+		}
+	}
+	// Send every request before waiting, so that two scopes cost one round
+	// trip.
+	type sent struct {
+		scope
+		key   attrKey
+		reply <-chan pending.Reply[attrReply]
+	}
+	var waits []sent
+	defer func() {
+		for _, w := range waits {
+			g.attrReqs.Remove(w.key)
+		}
+	}()
+	for _, sc := range scopes {
+		key := attrKey{device, g.newID()}
+		ch, _ := g.attrReqs.Add(key)
+		waits = append(waits, sent{sc, key, ch})
+		var payload []byte
+		if g.opts.combinedAttrRequests {
+			payload = encodeCombinedAttrRequest(key.id, device, keys)
+		} else {
+			payload = encodeAttrRequest(key.id, device, sc.client, sc.keys)
+		}
+		if err := g.publish(ctx, topicGatewayAttrRequest, payload); err != nil {
+			return out, err
+		}
+	}
+	for _, w := range waits {
+		r, err := await(ctx, g, w.reply, func() { g.attrReqs.Remove(w.key) })
+		if err != nil {
+			return out, fmt.Errorf("tbgateway: attribute request %d for %q: %w", w.key.id, device, err)
+		}
+		if g.opts.combinedAttrRequests {
+			mergeInto(out.Client, r.client)
+			mergeInto(out.Shared, r.shared)
+			continue
+		}
+		mergeInto(w.into, r.values)
+		// A reply to a single-key request carries "value" without the key
+		// name: it belongs to the one key that was asked for.
+		if r.hasValue && len(w.keys) == 1 {
+			w.into[w.keys[0]] = r.value
+		}
+	}
+	return out, nil
+}
+
+// RequestAttributes is Gateway.RequestAttributes for this device.
+func (d *Device) RequestAttributes(ctx context.Context, keys AttributeKeys) (AttributeValues, error) {
+	return d.g.RequestAttributes(ctx, d.name, keys)
+}
+
+func mergeInto(dst Values, src map[string]any) {
+	for k, v := range src {
+		dst[k] = v
+	}
+}
+
+// encodeAttrRequest builds the one-scope request the server accepts:
+// {"id":N,"device":D,"client":bool,"key":K} for one key (the reply then
+// carries "value") or "keys":[...] for several.
+func encodeAttrRequest(id int32, device string, client bool, keys []string) []byte {
+	b := make([]byte, 0, 64+len(device)+16*len(keys))
+	b = append(b, `{"id":`...)
+	b = strconv.AppendInt(b, int64(id), 10)
+	b = append(b, `,"device":`...)
+	b = jsonx.AppendString(b, device)
+	b = append(b, `,"client":`...)
+	b = strconv.AppendBool(b, client)
+	if len(keys) == 1 {
+		b = append(b, `,"key":`...)
+		b = jsonx.AppendString(b, keys[0])
+	} else {
+		b = append(b, `,"keys":`...)
+		b = appendStrings(b, keys)
+	}
+	return append(b, '}')
+}
+
+// encodeCombinedAttrRequest builds the documented form
+// {"id":N,"device":D,"client":[...],"shared":[...]}, sent only with
+// WithCombinedAttributeRequests.
+func encodeCombinedAttrRequest(id int32, device string, keys AttributeKeys) []byte {
+	b := make([]byte, 0, 64+len(device))
+	b = append(b, `{"id":`...)
+	b = strconv.AppendInt(b, int64(id), 10)
+	b = append(b, `,"device":`...)
+	b = jsonx.AppendString(b, device)
+	b = append(b, `,"client":`...)
+	b = appendStrings(b, keys.Client)
+	b = append(b, `,"shared":`...)
+	b = appendStrings(b, keys.Shared)
+	return append(b, '}')
+}
+
+func appendStrings(b []byte, s []string) []byte {
+	b = append(b, '[')
+	for i, k := range s {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = jsonx.AppendString(b, k)
+	}
+	return append(b, ']')
+}
+
+// onAttributeResponse correlates {"id","device","value"|"values"} with its
+// request. A reply with neither member means nothing was found.
+func (g *Gateway) onAttributeResponse(payload []byte) {
+	m, err := jsonx.DecodeObject(payload)
+	if err != nil {
+		g.malformed(topicGatewayAttrResponse, payload, err)
+		return
+	}
+	device, ok1 := m["device"].(string)
+	id, ok2 := m["id"].(int64)
+	if !ok1 || !ok2 || id != int64(int32(id)) {
+		g.malformed(topicGatewayAttrResponse, payload, errors.New("missing or invalid device or id"))
+		return
+	}
+	var r attrReply
+	r.value, r.hasValue = m["value"]
+	if v, ok := m["values"]; ok {
+		if r.values, ok = v.(map[string]any); !ok {
+			g.malformed(topicGatewayAttrResponse, payload, errors.New("values is not an object"))
+			return
+		}
+	}
+	r.client, _ = m["client"].(map[string]any)
+	r.shared, _ = m["shared"].(map[string]any)
+	if !g.attrReqs.Resolve(attrKey{device, int32(id)}, r) {
+		g.log.Debug("tbgateway: attribute response nobody waits for", "device", device, "request_id", id)
+	}
+}
+
+// AttributeUpdate is a change of shared attributes pushed by the server.
+type AttributeUpdate struct {
+	Device  string   // "" for the gateway's own attributes
+	Values  Values   // new or changed attributes; nil when none
+	Deleted []string // names of deleted attributes; nil when none
+}
+
+// AttributeHandler receives shared-attribute updates. Handlers run one at a
+// time, in arrival order, on a goroutine of the gateway; ctx ends when the
+// gateway closes. A panic is recovered and counted in Stats.
+type AttributeHandler func(ctx context.Context, u AttributeUpdate)
+
+type attrHandlers struct {
+	all       AttributeHandler
+	perDevice map[string]AttributeHandler // "" is the gateway itself
+}
+
+// OnAttributeUpdate sets the handler for shared-attribute updates of every
+// device that has no handler of its own (nil removes it). Updates reach the
+// gateway even before it subscribes, for every connected device.
+func (g *Gateway) OnAttributeUpdate(h AttributeHandler) {
+	g.mu.Lock()
+	g.attrH.all = h
+	g.mu.Unlock()
+}
+
+// OnAttributeUpdate sets this device's own handler, which takes precedence
+// over the gateway-wide one (nil removes it).
+func (d *Device) OnAttributeUpdate(h AttributeHandler) { d.g.setDeviceAttrHandler(d.name, h) }
+
+// OnAttributeUpdate sets the handler for the gateway's own shared
+// attributes (v1/devices/me/attributes).
+func (s *GatewayDevice) OnAttributeUpdate(h AttributeHandler) { s.g.setDeviceAttrHandler("", h) }
+
+func (g *Gateway) setDeviceAttrHandler(device string, h AttributeHandler) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.attrH.perDevice == nil {
+		g.attrH.perDevice = make(map[string]AttributeHandler)
+	}
+	if h == nil {
+		delete(g.attrH.perDevice, device)
+	} else {
+		g.attrH.perDevice[device] = h
+	}
+}
+
+// onAttributeUpdate handles v1/gateway/attributes. The server sends
+// {"device":D,"data":{...}}; a plain broker also hands back our own
+// uplinks, {"D":{...}}, which never have a string "device" with an object
+// "data" and are ignored.
+func (g *Gateway) onAttributeUpdate(payload []byte) {
+	m, err := jsonx.DecodeObject(payload)
+	if err != nil {
+		g.malformed(topicGatewayAttributes, payload, err)
+		return
+	}
+	device, okDevice := m["device"].(string)
+	data, okData := m["data"].(map[string]any)
+	if !okDevice || !okData || len(m) != 2 {
+		if isUplinkShape(m) {
+			g.stats.echoes.Add(1)
+			return
+		}
+		g.malformed(topicGatewayAttributes, payload, errors.New("not {\"device\",\"data\"}"))
+		return
+	}
+	g.deliverUpdate(device, data)
+}
+
+// isUplinkShape reports whether m looks like our own {"device":{...}}
+// message: every member an object.
+func isUplinkShape(m map[string]any) bool {
+	for _, v := range m {
+		if _, ok := v.(map[string]any); !ok {
+			return false
+		}
+	}
+	return len(m) > 0
+}
+
+func (g *Gateway) onSelfAttributeUpdate(payload []byte) {
+	m, err := jsonx.DecodeObject(payload)
+	if err != nil {
+		g.malformed(topicSelfAttributes, payload, err)
+		return
+	}
+	g.deliverUpdate("", m)
+}
+
+// deliverUpdate splits data into changed and deleted attributes and queues
+// the handler call.
+func (g *Gateway) deliverUpdate(device string, data map[string]any) {
+	u := AttributeUpdate{Device: device}
+	if del, ok := data[attributeUpdateDeletedField].([]any); ok {
+		names := make([]string, 0, len(del))
+		for _, d := range del {
+			if s, ok := d.(string); ok {
+				names = append(names, s)
+			}
+		}
+		if len(names) == len(del) {
+			u.Deleted = names
+			delete(data, attributeUpdateDeletedField)
+		}
+	}
+	if len(data) > 0 {
+		u.Values = data
+	}
+	g.mu.RLock()
+	h := g.attrH.perDevice[device]
+	if h == nil && device != "" {
+		h = g.attrH.all
+	}
+	g.mu.RUnlock()
+	if h == nil {
+		g.log.Debug("tbgateway: attribute update without handler", "device", device)
+		return
+	}
+	if !g.updates.Submit(func() { h(g.ctx, u) }) {
+		g.stats.dropped.Add(1)
+		g.log.Warn("tbgateway: attribute update dropped: handler queue full", "device", device)
+	}
+}
+
+// RequestAttributes asks for the gateway's own attributes on
+// v1/devices/me/attributes/request/{id}. With no keys at all the server
+// returns every client and shared attribute. Keys must not contain commas:
+// the device API sends them as comma-separated lists. Blocking and timeout
+// are those of Gateway.RequestAttributes.
+func (s *GatewayDevice) RequestAttributes(ctx context.Context, keys AttributeKeys) (AttributeValues, error) {
+	g := s.g
+	out := AttributeValues{Client: Values{}, Shared: Values{}}
+	for _, k := range append(keys.Client[:len(keys.Client):len(keys.Client)], keys.Shared...) {
+		if k == "" || strings.Contains(k, ",") {
+			return out, &ValueError{Key: k, Err: fmt.Errorf("%w: empty or containing a comma", ErrInvalidKey)}
+		}
+	}
+	ctx, cancel := g.requestContext(ctx)
+	defer cancel()
+	id := g.newID()
+	ch, _ := g.selfAttrs.Add(id)
+	defer g.selfAttrs.Remove(id)
+	b := encodeSelfAttrRequest(keys)
+	topic := topicSelfAttrRequestPrefix + strconv.Itoa(int(id))
+	if err := g.publish(ctx, topic, b); err != nil {
+		return out, err
+	}
+	raw, err := await(ctx, g, ch, func() { g.selfAttrs.Remove(id) })
+	if err != nil {
+		return out, fmt.Errorf("tbgateway: own attribute request %d: %w", id, err)
+	}
+	m, err := jsonx.DecodeObject(raw)
+	if err != nil {
+		return out, fmt.Errorf("%w: %v", ErrMalformedReply, err)
+	}
+	client, _ := m["client"].(map[string]any)
+	shared, _ := m["shared"].(map[string]any)
+	mergeInto(out.Client, client)
+	mergeInto(out.Shared, shared)
+	return out, nil
+}
+
+// encodeSelfAttrRequest builds the device API's request:
+// {"clientKeys":"a,b","sharedKeys":"c"}, comma-separated strings.
+func encodeSelfAttrRequest(keys AttributeKeys) []byte {
+	b := make([]byte, 0, 64)
+	b = append(b, '{')
+	if len(keys.Client) > 0 {
+		b = append(b, `"clientKeys":`...)
+		b = jsonx.AppendString(b, strings.Join(keys.Client, ","))
+	}
+	if len(keys.Shared) > 0 {
+		if len(keys.Client) > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `"sharedKeys":`...)
+		b = jsonx.AppendString(b, strings.Join(keys.Shared, ","))
+	}
+	b = append(b, '}')
+	return b
+}
+
+func (g *Gateway) onSelfAttributeResponse(idText string, payload []byte) {
+	id, err := strconv.ParseInt(idText, 10, 32)
+	if err != nil {
+		g.malformed(topicSelfAttrResponsePrefix+idText, payload, err)
+		return
+	}
+	if !g.selfAttrs.Resolve(int32(id), payload) {
+		g.log.Debug("tbgateway: own attribute response nobody waits for", "request_id", id)
+	}
+}

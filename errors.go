@@ -1,0 +1,128 @@
+package tbgateway
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Sentinel errors. Test for them with errors.Is; the typed errors below wrap
+// them with detail.
+var (
+	// ErrClosed is returned by every call made after Close.
+	ErrClosed = errors.New("tbgateway: gateway closed")
+	// ErrNotConnected is returned by a publish while the MQTT connection is
+	// down; nothing was sent.
+	ErrNotConnected = errors.New("tbgateway: not connected")
+	// ErrConnectionLost fails calls that were waiting for a reply (attribute
+	// requests, Call) when the connection dropped; the request may or may
+	// not have reached the server.
+	ErrConnectionLost = errors.New("tbgateway: connection lost while waiting for a reply")
+	// ErrInvalidDeviceName: a device name is empty or longer than
+	// ThingsBoard's 255 characters. The server closes the connection on an
+	// empty name, so it is refused before anything is sent.
+	ErrInvalidDeviceName = errors.New("tbgateway: invalid device name")
+	// ErrInvalidKey: an empty telemetry or attribute key, a key the server
+	// would misread (a flat entry with "metadata", or with both "ts" and
+	// "values"), or a comma in a key of the gateway's own attribute request.
+	ErrInvalidKey = errors.New("tbgateway: invalid key")
+	// ErrInvalidValue: NaN, ±Inf, nil or malformed JSON where a value is
+	// expected.
+	ErrInvalidValue = errors.New("tbgateway: invalid value")
+	// ErrUnsupportedType: a value of a Go type that has no JSON form
+	// (channel, function, complex number...).
+	ErrUnsupportedType = errors.New("tbgateway: unsupported value type")
+	// ErrNoData: a publish with no device, no entry or no value. ThingsBoard
+	// never acknowledges an empty telemetry array, so it is refused here.
+	ErrNoData = errors.New("tbgateway: nothing to send")
+	// ErrPayloadTooLarge: the message would exceed the server's maximum
+	// payload size (see WithMaxPayloadSize); ThingsBoard would close the
+	// connection, so it is not sent.
+	ErrPayloadTooLarge = errors.New("tbgateway: payload too large")
+	// ErrInvalidOption: an Option was given a value it cannot take.
+	ErrInvalidOption = errors.New("tbgateway: invalid option")
+	// ErrMalformedReply: the server's answer could not be decoded.
+	ErrMalformedReply = errors.New("tbgateway: malformed reply")
+)
+
+// ValueError reports which device, entry and key carried a value that
+// cannot be sent. It wraps ErrInvalidValue, ErrUnsupportedType or
+// ErrInvalidKey.
+type ValueError struct {
+	Device string // "" for the gateway's own data
+	Key    string
+	Err    error
+}
+
+func (e *ValueError) Error() string {
+	s := "tbgateway: "
+	if e.Device != "" {
+		s += "device " + strconv.Quote(e.Device) + ": "
+	}
+	if e.Key != "" {
+		s += "key " + strconv.Quote(e.Key) + ": "
+	}
+	return s + trimPrefix(e.Err.Error())
+}
+
+func (e *ValueError) Unwrap() error { return e.Err }
+
+// PayloadTooLargeError gives the size of a refused message as ThingsBoard
+// counts it: the MQTT remaining length (topic, packet id and payload).
+type PayloadTooLargeError struct {
+	Topic string
+	Size  int // remaining length the message would have had
+	Limit int // the configured maximum
+}
+
+func (e *PayloadTooLargeError) Error() string {
+	return fmt.Sprintf("tbgateway: payload too large: %s message of %d bytes exceeds the limit of %d", e.Topic, e.Size, e.Limit)
+}
+
+func (e *PayloadTooLargeError) Unwrap() error { return ErrPayloadTooLarge }
+
+// ConnectError is a refused MQTT CONNECT. Code is the CONNACK return code
+// (MQTT 3.1.1): ThingsBoard answers 5 for an unknown access token, 2 for
+// other unknown credentials, 3 when it is unavailable or rate limiting.
+type ConnectError struct {
+	Code byte
+	Err  error
+}
+
+func (e *ConnectError) Error() string {
+	msg := "refused"
+	switch e.Code {
+	case 1:
+		msg = "unacceptable protocol version"
+	case 2:
+		msg = "identifier rejected (unknown credentials)"
+	case 3:
+		msg = "server unavailable"
+	case 4:
+		msg = "bad user name or password"
+	case 5:
+		msg = "not authorized (unknown access token)"
+	}
+	return fmt.Sprintf("tbgateway: connection refused: %s (CONNACK %d)", msg, e.Code)
+}
+
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// RPCError is returned by Call when the server answers with an error object
+// ({"error": "..."}).
+type RPCError struct {
+	Method  string
+	Message string
+}
+
+func (e *RPCError) Error() string {
+	return "tbgateway: rpc " + strconv.Quote(e.Method) + ": " + e.Message
+}
+
+func trimPrefix(s string) string {
+	const p = "tbgateway: "
+	if len(s) > len(p) && s[:len(p)] == p {
+		return s[len(p):]
+	}
+	return s
+}

@@ -1,0 +1,371 @@
+// Package jsonx is the JSON codec behind every payload tbgateway sends and
+// receives. It exists because encoding/json cannot keep ThingsBoard's value
+// types apart: the server stores an integral number written without a dot as
+// a long and one written with a dot as a double, so 3.0 must leave as "3.0",
+// never "3". The encoder appends into caller-owned buffers so that building a
+// message costs no allocation per data point once the buffers are warm.
+package jsonx
+
+import (
+	"encoding/json"
+	"errors"
+	"math"
+	"reflect"
+	"slices"
+	"strconv"
+	"unicode/utf8"
+)
+
+// Errors returned by the encoder. The root package maps them onto its public
+// sentinels.
+var (
+	ErrNonFinite   = errors.New("NaN or infinite number")
+	ErrUnsupported = errors.New("unsupported value type")
+	ErrInvalidJSON = errors.New("invalid JSON")
+	ErrNil         = errors.New("nil value")
+)
+
+const hex = "0123456789abcdef"
+
+// AppendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD, as
+// encoding/json does, so the output is always valid JSON.
+func AppendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		// U+2028 and U+2029 are valid JSON but break JavaScript consumers
+		// (the ThingsBoard UI); escape them as encoding/json does.
+		if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+// AppendFloat appends f so that it parses back to exactly f and so that an
+// integral value keeps a decimal point (ThingsBoard would otherwise store it
+// as a long). bits is 32 or 64.
+func AppendFloat(dst []byte, f float64, bits int) ([]byte, error) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return dst, ErrNonFinite
+	}
+	if f == math.Trunc(f) {
+		// Integral: plain digits and ".0", never an exponent, because the
+		// server treats any exponent form of an integral number as a long.
+		dst = strconv.AppendFloat(dst, f, 'f', -1, bits)
+		return append(dst, '.', '0'), nil
+	}
+	abs := math.Abs(f)
+	format := byte('f')
+	if abs < 1e-6 || abs >= 1e21 {
+		format = 'e'
+	}
+	return strconv.AppendFloat(dst, f, format, -1, bits), nil
+}
+
+// Scratch holds reusable buffers for sorting object keys.
+type Scratch struct {
+	keys [][]string
+	used int
+}
+
+func (s *Scratch) take() []string {
+	if s.used == len(s.keys) {
+		s.keys = append(s.keys, make([]string, 0, 16))
+	}
+	k := s.keys[s.used][:0]
+	s.used++
+	return k
+}
+
+func (s *Scratch) give(k []string) {
+	s.used--
+	clear(k)
+	s.keys[s.used] = k[:0]
+}
+
+// SortedKeys returns the keys of m in order, in a slice borrowed from s that
+// must be returned with Release.
+func (s *Scratch) SortedKeys(m map[string]any) []string {
+	k := s.take()
+	for key := range m {
+		k = append(k, key)
+	}
+	slices.Sort(k)
+	return k
+}
+
+// Release gives back a slice obtained from SortedKeys.
+func (s *Scratch) Release(k []string) { s.give(k) }
+
+// AppendObject appends m as a JSON object with its keys in sorted order, so
+// that the same values always produce the same bytes.
+func AppendObject(dst []byte, m map[string]any, s *Scratch) ([]byte, error) {
+	keys := s.SortedKeys(m)
+	defer s.Release(keys)
+	dst = append(dst, '{')
+	for i, k := range keys {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = AppendString(dst, k)
+		dst = append(dst, ':')
+		var err error
+		if dst, err = AppendValue(dst, m[k], s); err != nil {
+			return dst, &KeyError{Key: k, Err: err}
+		}
+	}
+	return append(dst, '}'), nil
+}
+
+// KeyError names the key whose value could not be encoded.
+type KeyError struct {
+	Key string
+	Err error
+}
+
+func (e *KeyError) Error() string { return strconv.Quote(e.Key) + ": " + e.Err.Error() }
+func (e *KeyError) Unwrap() error { return e.Err }
+
+// AppendValue appends one value. Supported: bool, string, every integer and
+// float type, json.Number, json.RawMessage, map[string]any and []any (nested
+// with the same rules), and any other struct, map, slice or array through
+// encoding/json. Channels, functions, complex numbers and nil are refused:
+// ThingsBoard would drop a null silently, so refusing it loses nothing
+// unseen.
+func AppendValue(dst []byte, v any, s *Scratch) ([]byte, error) {
+	switch x := v.(type) {
+	case string:
+		return AppendString(dst, x), nil
+	case bool:
+		return strconv.AppendBool(dst, x), nil
+	case int:
+		return strconv.AppendInt(dst, int64(x), 10), nil
+	case int64:
+		return strconv.AppendInt(dst, x, 10), nil
+	case int32:
+		return strconv.AppendInt(dst, int64(x), 10), nil
+	case int16:
+		return strconv.AppendInt(dst, int64(x), 10), nil
+	case int8:
+		return strconv.AppendInt(dst, int64(x), 10), nil
+	case uint:
+		return strconv.AppendUint(dst, uint64(x), 10), nil
+	case uint64:
+		return strconv.AppendUint(dst, x, 10), nil
+	case uint32:
+		return strconv.AppendUint(dst, uint64(x), 10), nil
+	case uint16:
+		return strconv.AppendUint(dst, uint64(x), 10), nil
+	case uint8:
+		return strconv.AppendUint(dst, uint64(x), 10), nil
+	case float64:
+		return AppendFloat(dst, x, 64)
+	case float32:
+		return AppendFloat(dst, float64(x), 32)
+	case json.Number:
+		if !validNumber(string(x)) {
+			return dst, ErrInvalidJSON
+		}
+		return append(dst, x...), nil
+	case json.RawMessage:
+		return appendRaw(dst, x)
+	case map[string]any:
+		if x == nil {
+			return dst, ErrNil
+		}
+		return AppendObject(dst, x, s)
+	case []any:
+		if x == nil {
+			return dst, ErrNil
+		}
+		dst = append(dst, '[')
+		for i, e := range x {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			var err error
+			if dst, err = appendNested(dst, e, s); err != nil {
+				return dst, err
+			}
+		}
+		return append(dst, ']'), nil
+	case nil:
+		return dst, ErrNil
+	}
+	return appendReflect(dst, v)
+}
+
+// appendNested encodes an element inside a JSON array or object value, where
+// null is a legitimate part of the document.
+func appendNested(dst []byte, v any, s *Scratch) ([]byte, error) {
+	if v == nil {
+		return append(dst, "null"...), nil
+	}
+	if m, ok := v.(map[string]any); ok && m == nil {
+		return append(dst, "null"...), nil
+	}
+	return AppendValue(dst, v, s)
+}
+
+func appendRaw(dst []byte, raw []byte) ([]byte, error) {
+	if !json.Valid(raw) {
+		return dst, ErrInvalidJSON
+	}
+	n := len(dst)
+	dst = append(dst, raw...)
+	// Keep the message compact and single-line whatever the caller handed in.
+	if hasSpace(raw) {
+		c, err := compact(dst[:n], raw)
+		if err != nil {
+			return dst[:n], ErrInvalidJSON
+		}
+		return c, nil
+	}
+	if string(raw) == "null" {
+		return dst[:n], ErrNil
+	}
+	return dst, nil
+}
+
+func hasSpace(b []byte) bool {
+	for _, c := range b {
+		if c == ' ' || c == '\n' || c == '\r' || c == '\t' {
+			return true
+		}
+	}
+	return false
+}
+
+func appendReflect(dst []byte, v any) ([]byte, error) {
+	rv := reflect.ValueOf(v)
+	if _, ok := v.(json.Marshaler); !ok {
+		k := rv.Kind()
+		for k == reflect.Pointer {
+			if rv.IsNil() {
+				return dst, ErrNil
+			}
+			rv = rv.Elem()
+			k = rv.Kind()
+		}
+		switch k {
+		case reflect.Struct, reflect.Map, reflect.Slice, reflect.Array:
+		case reflect.Bool, reflect.String, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+			// Named scalar types (type Celsius float64) go through the
+			// fast path so that floats keep their decimal point.
+			return appendScalar(dst, rv)
+		default:
+			return dst, ErrUnsupported
+		}
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		var ue *json.UnsupportedValueError
+		if errors.As(err, &ue) && (ue.Str == "NaN" || ue.Str == "+Inf" || ue.Str == "-Inf") {
+			return dst, ErrNonFinite
+		}
+		return dst, errors.Join(ErrUnsupported, err)
+	}
+	return appendRaw(dst, b)
+}
+
+func appendScalar(dst []byte, rv reflect.Value) ([]byte, error) {
+	switch rv.Kind() {
+	case reflect.Bool:
+		return strconv.AppendBool(dst, rv.Bool()), nil
+	case reflect.String:
+		return AppendString(dst, rv.String()), nil
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return strconv.AppendInt(dst, rv.Int(), 10), nil
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return strconv.AppendUint(dst, rv.Uint(), 10), nil
+	case reflect.Float32:
+		return AppendFloat(dst, rv.Float(), 32)
+	default:
+		return AppendFloat(dst, rv.Float(), 64)
+	}
+}
+
+// validNumber reports whether s is a JSON number literal.
+func validNumber(s string) bool {
+	if s == "" {
+		return false
+	}
+	i := 0
+	if s[i] == '-' {
+		i++
+	}
+	if i == len(s) {
+		return false
+	}
+	switch {
+	case s[i] == '0':
+		i++
+	case s[i] >= '1' && s[i] <= '9':
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+	default:
+		return false
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		if i == len(s) || s[i] < '0' || s[i] > '9' {
+			return false
+		}
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		if i == len(s) || s[i] < '0' || s[i] > '9' {
+			return false
+		}
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+	}
+	return i == len(s)
+}

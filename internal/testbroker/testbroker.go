@@ -1,0 +1,195 @@
+// Package testbroker gives the SDK's wire tests a plain MQTT broker: an
+// in-process mochi broker on a random loopback port by default, or the
+// broker named by the TBGATEWAY_TEST_BROKER environment variable (a
+// Mosquitto started by .ci/run), so that the same tests prove the SDK
+// against two broker implementations. An Observer records every message
+// with its exact bytes; Publish plays the server's part.
+package testbroker
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// EnvBroker names the environment variable that selects an external broker.
+const EnvBroker = "TBGATEWAY_TEST_BROKER"
+
+// Broker is a running broker.
+type Broker struct {
+	URL      string
+	Name     string // "mochi" or "external"
+	server   *mqtt.Server
+	external bool
+}
+
+// Start returns the external broker if EnvBroker is set (it must be a
+// loopback address), else starts mochi and stops it at the end of the test.
+func Start(tb testing.TB) *Broker {
+	tb.Helper()
+	if u := os.Getenv(EnvBroker); u != "" {
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Hostname() != "127.0.0.1" && pu.Hostname() != "localhost" && pu.Hostname() != "::1") {
+			tb.Fatalf("%s=%q: only loopback brokers are allowed", EnvBroker, u)
+		}
+		return &Broker{URL: u, Name: "external", external: true}
+	}
+	s := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
+		tb.Fatal(err)
+	}
+	l := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
+	if err := s.AddListener(l); err != nil {
+		tb.Fatal(err)
+	}
+	if err := s.Serve(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = s.Close() })
+	return &Broker{URL: "tcp://" + l.Address(), Name: "mochi", server: s}
+}
+
+// External reports whether the broker is the external one.
+func (b *Broker) External() bool { return b.external }
+
+// Message is one received publish.
+type Message struct {
+	Topic   string
+	Payload []byte
+	QoS     byte
+}
+
+// Observer is a raw paho client subscribed to a filter that records what it
+// receives.
+type Observer struct {
+	client  paho.Client
+	mu      sync.Mutex
+	msgs    []Message
+	changed chan struct{}
+}
+
+func clientID(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+func (b *Broker) connect(tb testing.TB, prefix string, handler paho.MessageHandler) paho.Client {
+	tb.Helper()
+	o := paho.NewClientOptions().AddBroker(b.URL).SetClientID(clientID(prefix)).
+		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetOrderMatters(true)
+	if handler != nil {
+		o.SetDefaultPublishHandler(handler)
+	}
+	c := paho.NewClient(o)
+	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		tb.Fatalf("testbroker: connect to %s: %v", b.URL, t.Error())
+	}
+	tb.Cleanup(func() { c.Disconnect(50) })
+	return c
+}
+
+// Observe subscribes a recording client to filter at QoS 1.
+func (b *Broker) Observe(tb testing.TB, filter string) *Observer {
+	tb.Helper()
+	o := &Observer{changed: make(chan struct{})}
+	o.client = b.connect(tb, "obs-", nil)
+	t := o.client.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
+		o.mu.Lock()
+		o.msgs = append(o.msgs, Message{Topic: m.Topic(), Payload: append([]byte(nil), m.Payload()...), QoS: m.Qos()})
+		close(o.changed)
+		o.changed = make(chan struct{})
+		o.mu.Unlock()
+	})
+	if !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		tb.Fatalf("testbroker: subscribe %s: %v", filter, t.Error())
+	}
+	return o
+}
+
+// Messages returns what arrived on topic so far ("" for every topic).
+func (o *Observer) Messages(topic string) []Message {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []Message
+	for _, m := range o.msgs {
+		if topic == "" || m.Topic == topic {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Wait waits until n messages arrived on topic and returns them; the test
+// fails after timeout.
+func (o *Observer) Wait(tb testing.TB, topic string, n int, timeout time.Duration) []Message {
+	tb.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		o.mu.Lock()
+		ch := o.changed
+		o.mu.Unlock()
+		if got := o.Messages(topic); len(got) >= n {
+			return got
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			got := o.Messages(topic)
+			tb.Fatalf("testbroker: waited %v for %d messages on %q, got %d: %s", timeout, n, topic, len(got), format(got))
+			return nil
+		}
+	}
+}
+
+func format(ms []Message) string {
+	s := ""
+	for _, m := range ms {
+		s += fmt.Sprintf("\n  %s %s", m.Topic, m.Payload)
+	}
+	return s
+}
+
+// Publisher is a raw client that plays the server.
+type Publisher struct{ client paho.Client }
+
+// Publisher connects a raw client for publishing downlinks.
+func (b *Broker) Publisher(tb testing.TB) *Publisher {
+	return &Publisher{client: b.connect(tb, "pub-", nil)}
+}
+
+// Publish sends payload on topic at QoS 1 and waits for the broker's ack.
+func (p *Publisher) Publish(tb testing.TB, topic string, payload string) {
+	tb.Helper()
+	t := p.client.Publish(topic, 1, false, []byte(payload))
+	if !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		tb.Fatalf("testbroker: publish %s: %v", topic, t.Error())
+	}
+}
+
+// Kick closes the connection of the client with this id (embedded broker
+// only) and reports whether it found it.
+func (b *Broker) Kick(id string) bool {
+	if b.server == nil {
+		return false
+	}
+	cl, ok := b.server.Clients.Get(id)
+	if !ok {
+		return false
+	}
+	cl.Stop(fmt.Errorf("testbroker: kicked"))
+	return true
+}

@@ -1,0 +1,297 @@
+package tbgateway
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// Option configures a Gateway at Dial.
+type Option func(*options) error
+
+// Defaults of the options below.
+const (
+	DefaultKeepAlive         = 30 * time.Second
+	DefaultConnectTimeout    = 10 * time.Second
+	DefaultRequestTimeout    = 30 * time.Second
+	DefaultMaxPayloadSize    = 65536
+	DefaultHandlerQueue      = 256
+	DefaultRPCWorkers        = 4
+	DefaultMaxReconnectDelay = 30 * time.Second
+)
+
+type options struct {
+	username, password, clientID string
+	tlsConfig                    *tls.Config
+	rootCAs                      *x509.CertPool
+	certs                        []tls.Certificate
+	keepAlive, connectTimeout    time.Duration
+	requestTimeout               time.Duration
+	maxReconnectDelay            time.Duration
+	qos                          byte
+	logger                       *slog.Logger
+	maxPayloadSize               int
+	handlerQueue, rpcWorkers     int
+	combinedAttrRequests         bool
+	paho                         []func(*mqtt.ClientOptions)
+}
+
+func defaultOptions() options {
+	return options{
+		keepAlive:         DefaultKeepAlive,
+		connectTimeout:    DefaultConnectTimeout,
+		requestTimeout:    DefaultRequestTimeout,
+		maxReconnectDelay: DefaultMaxReconnectDelay,
+		qos:               1,
+		logger:            slog.New(slog.DiscardHandler),
+		maxPayloadSize:    DefaultMaxPayloadSize,
+		handlerQueue:      DefaultHandlerQueue,
+		rpcWorkers:        DefaultRPCWorkers,
+	}
+}
+
+func invalid(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, a...)...)
+}
+
+// WithAccessToken authenticates with a ThingsBoard access token, sent as the
+// MQTT user name.
+func WithAccessToken(token string) Option {
+	return func(o *options) error {
+		if token == "" {
+			return invalid("empty access token")
+		}
+		o.username, o.password = token, ""
+		return nil
+	}
+}
+
+// WithBasicCredentials authenticates with ThingsBoard's MQTT basic
+// credentials. Any of the three may be empty, as ThingsBoard allows; a
+// non-empty clientID replaces the generated one.
+func WithBasicCredentials(clientID, username, password string) Option {
+	return func(o *options) error {
+		if clientID == "" && username == "" {
+			return invalid("basic credentials need a client id or a user name")
+		}
+		o.username, o.password = username, password
+		if clientID != "" {
+			o.clientID = clientID
+		}
+		return nil
+	}
+}
+
+// WithClientCertificate authenticates with X.509: the certificate is
+// presented in the TLS handshake (use an ssl:// or tls:// broker URL).
+func WithClientCertificate(cert tls.Certificate) Option {
+	return func(o *options) error {
+		o.certs = append(o.certs, cert)
+		return nil
+	}
+}
+
+// WithTLSConfig sets the TLS configuration used for ssl://, tls://, mqtts://
+// and wss:// brokers. Verification stays on unless the config itself turns
+// it off. Certificates and CAs from WithClientCertificate and WithRootCAs are
+// added to a clone of it.
+func WithTLSConfig(c *tls.Config) Option {
+	return func(o *options) error {
+		if c == nil {
+			return invalid("nil TLS config")
+		}
+		o.tlsConfig = c
+		return nil
+	}
+}
+
+// WithRootCAs trusts these certificate authorities instead of the system
+// pool, for a ThingsBoard server with a private CA.
+func WithRootCAs(pool *x509.CertPool) Option {
+	return func(o *options) error {
+		if pool == nil {
+			return invalid("nil CA pool")
+		}
+		o.rootCAs = pool
+		return nil
+	}
+}
+
+// WithCAFile is WithRootCAs for a PEM file of CA certificates.
+func WithCAFile(path string) Option {
+	return func(o *options) error {
+		pem, err := os.ReadFile(path)
+		if err != nil {
+			return invalid("CA file: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return invalid("CA file %s holds no PEM certificate", path)
+		}
+		o.rootCAs = pool
+		return nil
+	}
+}
+
+// WithClientID sets the MQTT client id. By default every Gateway gets a
+// unique random one, since two clients with one id evict each other.
+func WithClientID(id string) Option {
+	return func(o *options) error {
+		o.clientID = id
+		return nil
+	}
+}
+
+// WithKeepAlive sets the MQTT keep-alive interval (default 30s).
+func WithKeepAlive(d time.Duration) Option {
+	return func(o *options) error {
+		if d < time.Second {
+			return invalid("keep-alive %v is under one second", d)
+		}
+		o.keepAlive = d
+		return nil
+	}
+}
+
+// WithConnectTimeout bounds each attempt to open the connection (default
+// 10s). Dial's context bounds the whole call.
+func WithConnectTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return invalid("connect timeout %v", d)
+		}
+		o.connectTimeout = d
+		return nil
+	}
+}
+
+// WithMaxReconnectDelay caps the back-off between reconnect attempts
+// (default 30s).
+func WithMaxReconnectDelay(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return invalid("max reconnect delay %v", d)
+		}
+		o.maxReconnectDelay = d
+		return nil
+	}
+}
+
+// WithRequestTimeout is how long attribute requests and Call wait for a
+// reply when their context has no deadline (default 30s). ThingsBoard
+// publishes no reply at all when a request fails on its side.
+func WithRequestTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return invalid("request timeout %v", d)
+		}
+		o.requestTimeout = d
+		return nil
+	}
+}
+
+// WithQoS sets the QoS of every publish and subscription: 1 (the default,
+// each publish waits for its PUBACK) or 0. ThingsBoard does not implement
+// QoS 2, so 2 is refused.
+func WithQoS(qos byte) Option {
+	return func(o *options) error {
+		if qos > 1 {
+			return invalid("QoS %d: ThingsBoard supports QoS 0 and 1 only", qos)
+		}
+		o.qos = qos
+		return nil
+	}
+}
+
+// WithLogger sets the structured logger (default: discard). Access tokens
+// and passwords are never logged; payloads only at debug level.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error {
+		if l == nil {
+			return invalid("nil logger")
+		}
+		o.logger = l
+		return nil
+	}
+}
+
+// WithMaxPayloadSize is the server's transport.mqtt.netty.max_payload_size
+// (default 65536). ThingsBoard counts it on the MQTT remaining length (topic,
+// packet id and payload) and closes the connection when a message exceeds
+// it, so larger messages are refused with ErrPayloadTooLarge before sending.
+func WithMaxPayloadSize(n int) Option {
+	return func(o *options) error {
+		if n < 64 {
+			return invalid("max payload size %d", n)
+		}
+		o.maxPayloadSize = n
+		return nil
+	}
+}
+
+// WithHandlerQueue bounds how many received messages may wait for each
+// handler lane (attribute updates; RPC) before new ones are dropped and
+// counted in Stats (default 256). rpcWorkers RPC handlers run at once
+// (default 4); attribute-update handlers run one at a time, in order.
+func WithHandlerQueue(size, rpcWorkers int) Option {
+	return func(o *options) error {
+		if size < 1 || rpcWorkers < 1 {
+			return invalid("handler queue %d, rpc workers %d", size, rpcWorkers)
+		}
+		o.handlerQueue, o.rpcWorkers = size, rpcWorkers
+		return nil
+	}
+}
+
+// WithCombinedAttributeRequests sends attribute requests in the form the
+// ThingsBoard documentation shows, {"client":[...],"shared":[...]}, one
+// message for both scopes. Current servers close the connection on it; use
+// it only with a server known to accept it. By default each scope is asked
+// for separately in the form the server accepts.
+func WithCombinedAttributeRequests() Option {
+	return func(o *options) error {
+		o.combinedAttrRequests = true
+		return nil
+	}
+}
+
+// WithPahoOptions adjusts the underlying paho client options after
+// tbgateway has set its own; an escape hatch for settings it does not
+// cover. Changing the handlers tbgateway installs breaks it.
+func WithPahoOptions(f func(*mqtt.ClientOptions)) Option {
+	return func(o *options) error {
+		if f == nil {
+			return invalid("nil paho options func")
+		}
+		o.paho = append(o.paho, f)
+		return nil
+	}
+}
+
+func (o *options) tls() *tls.Config {
+	if o.tlsConfig == nil && o.rootCAs == nil && len(o.certs) == 0 {
+		return nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.tlsConfig != nil {
+		c = o.tlsConfig.Clone()
+	}
+	if o.rootCAs != nil {
+		c.RootCAs = o.rootCAs
+	}
+	c.Certificates = append(c.Certificates, o.certs...)
+	return c
+}
+
+func randomClientID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "tbgw-" + hex.EncodeToString(b[:])
+}

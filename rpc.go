@@ -1,0 +1,400 @@
+package tbgateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/thingsgate/tbgateway/internal/jsonx"
+)
+
+const topicGatewayRPC = "v1/gateway/rpc"
+
+// RPCRequest is a server-side RPC call to a device behind the gateway or to
+// the gateway itself.
+type RPCRequest struct {
+	// Device is the target device, "" for the gateway itself.
+	Device string
+	// ID is the server's request id. For devices behind the gateway ids
+	// start at 0 and repeat per device, so (Device, ID) identifies a call.
+	ID     int
+	Method string
+	// Params is the raw JSON of the parameters (any JSON value); nil when
+	// the server sent none.
+	Params json.RawMessage
+}
+
+// Bind decodes the parameters into v with encoding/json.
+func (r *RPCRequest) Bind(v any) error {
+	if len(r.Params) == 0 {
+		return fmt.Errorf("%w: rpc %q has no params", ErrInvalidValue, r.Method)
+	}
+	return json.Unmarshal(r.Params, v)
+}
+
+// RPCHandler answers server-side RPC. The result becomes the reply's data:
+// nil sends {"success":true}, a json.RawMessage is sent as it is, anything
+// else is encoded like a telemetry value. A non-nil error sends
+// {"error":"<message>"} instead.
+//
+// Handlers run on the gateway's goroutines (WithHandlerQueue sets how many
+// at once), never on the MQTT network goroutine; a panic is recovered and
+// answered as an error. ctx ends when the gateway closes.
+type RPCHandler interface {
+	HandleRPC(ctx context.Context, req *RPCRequest) (any, error)
+}
+
+// RPCHandlerFunc adapts a function to RPCHandler.
+type RPCHandlerFunc func(ctx context.Context, req *RPCRequest) (any, error)
+
+// HandleRPC calls f.
+func (f RPCHandlerFunc) HandleRPC(ctx context.Context, req *RPCRequest) (any, error) {
+	return f(ctx, req)
+}
+
+// rpcHandlers resolves, most specific first: device and method, device,
+// method, any.
+type rpcHandlers struct {
+	all      RPCHandler
+	methods  map[string]RPCHandler
+	devices  map[string]RPCHandler            // "" is the gateway itself
+	dMethods map[string]map[string]RPCHandler // device -> method -> handler
+}
+
+func (h *rpcHandlers) lookup(device, method string) RPCHandler {
+	if x := h.dMethods[device][method]; x != nil {
+		return x
+	}
+	if x := h.devices[device]; x != nil {
+		return x
+	}
+	if device == "" {
+		return nil // gateway-wide handlers are for devices behind it
+	}
+	if x := h.methods[method]; x != nil {
+		return x
+	}
+	return h.all
+}
+
+func setHandler(m *map[string]RPCHandler, key string, h RPCHandler) {
+	if h == nil {
+		delete(*m, key)
+		return
+	}
+	if *m == nil {
+		*m = make(map[string]RPCHandler)
+	}
+	(*m)[key] = h
+}
+
+// OnRPC sets the handler for RPCs to every device behind the gateway that
+// has no more specific handler (nil removes it). An RPC with no handler at
+// all is answered with an error.
+func (g *Gateway) OnRPC(h RPCHandler) {
+	g.mu.Lock()
+	g.rpcH.all = h
+	g.mu.Unlock()
+}
+
+// OnRPCMethod sets the handler for one method on every device (nil removes
+// it).
+func (g *Gateway) OnRPCMethod(method string, h RPCHandler) {
+	g.mu.Lock()
+	setHandler(&g.rpcH.methods, method, h)
+	g.mu.Unlock()
+}
+
+// OnRPC sets the handler for RPCs to this device; it takes precedence over
+// the gateway's handlers (nil removes it).
+func (d *Device) OnRPC(h RPCHandler) { d.g.setDeviceRPC(d.name, "", h) }
+
+// OnRPCMethod sets the handler for one method of this device, the most
+// specific handler of all (nil removes it).
+func (d *Device) OnRPCMethod(method string, h RPCHandler) { d.g.setDeviceRPC(d.name, method, h) }
+
+// OnRPC sets the handler for server RPCs to the gateway itself
+// (v1/devices/me/rpc/request/{id}).
+func (s *GatewayDevice) OnRPC(h RPCHandler) { s.g.setDeviceRPC("", "", h) }
+
+// OnRPCMethod sets the handler for one method called on the gateway itself.
+func (s *GatewayDevice) OnRPCMethod(method string, h RPCHandler) { s.g.setDeviceRPC("", method, h) }
+
+func (g *Gateway) setDeviceRPC(device, method string, h RPCHandler) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if method == "" {
+		setHandler(&g.rpcH.devices, device, h)
+		return
+	}
+	if g.rpcH.dMethods == nil {
+		g.rpcH.dMethods = make(map[string]map[string]RPCHandler)
+	}
+	m := g.rpcH.dMethods[device]
+	setHandler(&m, method, h)
+	g.rpcH.dMethods[device] = m
+}
+
+type rpcKey struct {
+	device string // "" for the gateway itself
+	id     int
+}
+
+// onRPCRequest handles v1/gateway/rpc. The server sends
+// {"device":D,"data":{"id":N,"method":M,"params":P}}; our own replies,
+// which a plain broker hands back, carry a top-level "id" and are ignored.
+func (g *Gateway) onRPCRequest(payload []byte) {
+	var msg struct {
+		Device *string          `json:"device"`
+		ID     json.RawMessage  `json:"id"`
+		Data   *json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(payload, &msg); err != nil {
+		g.malformed(topicGatewayRPC, payload, err)
+		return
+	}
+	if msg.ID != nil {
+		g.stats.echoes.Add(1)
+		return
+	}
+	if msg.Device == nil || *msg.Device == "" || msg.Data == nil {
+		g.malformed(topicGatewayRPC, payload, errors.New("missing device or data"))
+		return
+	}
+	var data struct {
+		ID     *int            `json:"id"`
+		Method string          `json:"method"`
+		Params json.RawMessage `json:"params"`
+	}
+	if err := json.Unmarshal(*msg.Data, &data); err != nil || data.ID == nil || data.Method == "" {
+		if err == nil {
+			err = errors.New("data without id or method")
+		}
+		g.malformed(topicGatewayRPC, payload, err)
+		return
+	}
+	g.dispatchRPC(&RPCRequest{Device: *msg.Device, ID: *data.ID, Method: data.Method, Params: data.Params})
+}
+
+// onSelfRPCRequest handles v1/devices/me/rpc/request/{id}:
+// {"method":M,"params":P}.
+func (g *Gateway) onSelfRPCRequest(idText string, payload []byte) {
+	id, err := strconv.Atoi(idText)
+	var data struct {
+		Method string          `json:"method"`
+		Params json.RawMessage `json:"params"`
+	}
+	if err == nil {
+		err = json.Unmarshal(payload, &data)
+	}
+	if err == nil && data.Method == "" {
+		err = errors.New("no method")
+	}
+	if err != nil {
+		g.malformed(topicSelfRPCRequestPrefix+idText, payload, err)
+		return
+	}
+	g.dispatchRPC(&RPCRequest{ID: id, Method: data.Method, Params: data.Params})
+}
+
+// dispatchRPC queues the handler call. A request whose (device, id) is
+// still being handled is a duplicate delivery and is dropped.
+func (g *Gateway) dispatchRPC(req *RPCRequest) {
+	key := rpcKey{req.Device, req.ID}
+	g.mu.Lock()
+	if _, dup := g.running[key]; dup {
+		g.mu.Unlock()
+		g.log.Warn("tbgateway: duplicate RPC dropped", "device", req.Device, "request_id", req.ID)
+		return
+	}
+	h := g.rpcH.lookup(req.Device, req.Method)
+	g.running[key] = struct{}{}
+	g.mu.Unlock()
+	if !g.rpcs.Submit(func() { g.serveRPC(h, req) }) {
+		g.mu.Lock()
+		delete(g.running, key)
+		g.mu.Unlock()
+		g.stats.dropped.Add(1)
+		g.log.Warn("tbgateway: RPC dropped: handler queue full", "device", req.Device, "method", req.Method, "request_id", req.ID)
+	}
+}
+
+func (g *Gateway) serveRPC(h RPCHandler, req *RPCRequest) {
+	defer func() {
+		g.mu.Lock()
+		delete(g.running, rpcKey{req.Device, req.ID})
+		g.mu.Unlock()
+	}()
+	var result any
+	var err error
+	if h == nil {
+		err = fmt.Errorf("no handler for method %q", req.Method)
+	} else {
+		result, err = g.callHandler(h, req)
+	}
+	topic, payload := encodeRPCReply(req, result, err)
+	if err := g.publish(g.ctx, topic, payload); err != nil {
+		g.log.Warn("tbgateway: sending RPC reply failed", "device", req.Device, "method", req.Method, "request_id", req.ID, "err", err)
+	}
+}
+
+func (g *Gateway) callHandler(h RPCHandler, req *RPCRequest) (result any, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			g.stats.panics.Add(1)
+			g.log.Error("tbgateway: RPC handler panicked", "device", req.Device, "method", req.Method, "panic", v)
+			result, err = nil, fmt.Errorf("handler panicked: %v", v)
+		}
+	}()
+	return h.HandleRPC(g.ctx, req)
+}
+
+// encodeRPCReply builds the reply: {"device":D,"id":N,"data":...} on
+// v1/gateway/rpc for a device (data is required: the server closes the
+// connection without it), or the bare data on
+// v1/devices/me/rpc/response/{id} for the gateway itself.
+func encodeRPCReply(req *RPCRequest, result any, herr error) (topic string, payload []byte) {
+	data := encodeRPCData(result, herr)
+	if req.Device == "" {
+		return topicSelfRPCResponsePrefix + strconv.Itoa(req.ID), data
+	}
+	b := make([]byte, 0, len(data)+len(req.Device)+32)
+	b = append(b, `{"device":`...)
+	b = jsonx.AppendString(b, req.Device)
+	b = append(b, `,"id":`...)
+	b = strconv.AppendInt(b, int64(req.ID), 10)
+	b = append(b, `,"data":`...)
+	b = append(b, data...)
+	return topicGatewayRPC, append(b, '}')
+}
+
+func encodeRPCData(result any, herr error) []byte {
+	if herr == nil && result == nil {
+		return []byte(`{"success":true}`)
+	}
+	if herr == nil {
+		var s jsonx.Scratch
+		b, err := jsonx.AppendValue(nil, result, &s)
+		if err == nil {
+			return b
+		}
+		herr = fmt.Errorf("encoding result: %w", err)
+	}
+	b := append([]byte(`{"error":`), jsonx.AppendString(nil, herr.Error())...)
+	return append(b, '}')
+}
+
+// Call makes a client-side RPC from the gateway itself: it publishes
+// {"method":M,"params":P} on v1/devices/me/rpc/request/{id} and returns the
+// raw reply from v1/devices/me/rpc/response/{id}. A reply of the form
+// {"error":"..."} is returned as *RPCError. params nil sends {}. It blocks
+// until the reply or ctx ends (default timeout: WithRequestTimeout).
+func (s *GatewayDevice) Call(ctx context.Context, method string, params any) (json.RawMessage, error) {
+	g := s.g
+	if method == "" {
+		return nil, fmt.Errorf("%w: empty RPC method", ErrInvalidValue)
+	}
+	b, err := encodeCall(method, params)
+	if err != nil {
+		return nil, err
+	}
+
+	ctx, cancel := g.requestContext(ctx)
+	defer cancel()
+	id := g.newID()
+	ch, _ := g.calls.Add(id)
+	defer g.calls.Remove(id)
+	if err := g.publish(ctx, topicSelfRPCRequestPrefix+strconv.Itoa(int(id)), b); err != nil {
+		return nil, err
+	}
+	reply, err := await(ctx, g, ch, func() { g.calls.Remove(id) })
+	if err != nil {
+		return nil, fmt.Errorf("tbgateway: rpc %q: %w", method, err)
+	}
+	var e struct {
+		Error *string `json:"error"`
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(reply, &m) == nil && len(m) == 1 && json.Unmarshal(reply, &e) == nil && e.Error != nil {
+		return nil, &RPCError{Method: method, Message: *e.Error}
+	}
+	return reply, nil
+}
+
+// encodeCall builds a client-side RPC request: {"method":M,"params":P}.
+func encodeCall(method string, params any) ([]byte, error) {
+	b := append(make([]byte, 0, 64), `{"method":`...)
+	b = jsonx.AppendString(b, method)
+	b = append(b, `,"params":`...)
+	if params == nil {
+		b = append(b, '{', '}')
+	} else {
+		var sc jsonx.Scratch
+		var err error
+		if b, err = jsonx.AppendValue(b, params, &sc); err != nil {
+			return nil, valueError("", "params", err)
+		}
+	}
+	b = append(b, '}')
+
+	return b, nil
+}
+
+func (g *Gateway) onSelfRPCResponse(idText string, payload []byte) {
+	id, err := strconv.ParseInt(idText, 10, 32)
+	if err != nil {
+		g.malformed(topicSelfRPCResponsePrefix+idText, payload, err)
+		return
+	}
+	// Copy: paho may reuse nothing today, but the reply outlives the
+	// callback.
+	if !g.calls.Resolve(int32(id), append([]byte(nil), payload...)) {
+		g.log.Debug("tbgateway: RPC response nobody waits for", "request_id", id)
+	}
+}
+
+// SessionLimits are the limits ThingsBoard applies to this gateway, as
+// returned by the getSessionLimits RPC.
+type SessionLimits struct {
+	// MaxPayloadSize is the largest MQTT message the server accepts,
+	// counted on the remaining length.
+	MaxPayloadSize int `json:"maxPayloadSize"`
+	// MaxInflightMessages bounds unprocessed messages per connection.
+	MaxInflightMessages int `json:"maxInflightMessages"`
+	// RateLimits apply to the gateway's own traffic (v1/devices/me/*).
+	RateLimits RateLimits `json:"rateLimits"`
+	// GatewayRateLimits apply to all traffic of the devices behind the
+	// gateway together: one shared bucket, not one per device.
+	GatewayRateLimits RateLimits `json:"gatewayRateLimits"`
+}
+
+// RateLimits are ThingsBoard rate limits in its "capacity:seconds,..."
+// notation; "" means unlimited.
+type RateLimits struct {
+	Messages            string `json:"messages"`
+	TelemetryMessages   string `json:"telemetryMessages"`
+	TelemetryDataPoints string `json:"telemetryDataPoints"`
+}
+
+// SessionLimits asks the server for this gateway's limits with the
+// getSessionLimits RPC. It blocks like Call.
+func (s *GatewayDevice) SessionLimits(ctx context.Context) (SessionLimits, error) {
+	var l SessionLimits
+	raw, err := s.Call(ctx, "getSessionLimits", nil)
+	if err != nil {
+		return l, err
+	}
+	if err := json.Unmarshal(raw, &l); err != nil {
+		return l, fmt.Errorf("%w: getSessionLimits: %v", ErrMalformedReply, err)
+	}
+	return l, nil
+}
+
+// GatewayDevice is the gateway's own device API (v1/devices/me/*): its
+// telemetry, attributes, RPC and claim, as opposed to the devices behind it.
+type GatewayDevice struct{ g *Gateway }
+
+// Self returns the gateway's own device API.
+func (g *Gateway) Self() *GatewayDevice { return &g.self }
