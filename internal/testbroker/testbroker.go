@@ -33,6 +33,7 @@ type Broker struct {
 	Name     string // "mochi" or "external"
 	server   *mqtt.Server
 	external bool
+	stop     sync.Once
 }
 
 // Start returns the external broker if EnvBroker is set (it must be a
@@ -57,8 +58,9 @@ func Start(tb testing.TB) *Broker {
 	if err := s.Serve(); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = s.Close() })
-	return &Broker{URL: "tcp://" + l.Address(), Name: "mochi", server: s}
+	b := &Broker{URL: "tcp://" + l.Address(), Name: "mochi", server: s}
+	tb.Cleanup(b.Stop)
+	return b
 }
 
 // External reports whether the broker is the external one.
@@ -177,6 +179,13 @@ func (p *Publisher) Publish(tb testing.TB, topic string, payload string) {
 	t := p.client.Publish(topic, 1, false, []byte(payload))
 	if !t.WaitTimeout(10*time.Second) || t.Error() != nil {
 		tb.Fatalf("testbroker: publish %s: %v", topic, t.Error())
+	}
+}
+
+// Stop shuts the embedded broker down, cutting every connection.
+func (b *Broker) Stop() {
+	if b.server != nil {
+		b.stop.Do(func() { _ = b.server.Close() })
 	}
 }
 
