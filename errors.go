@@ -23,8 +23,8 @@ var (
 	// empty name, so it is refused before anything is sent.
 	ErrInvalidDeviceName = errors.New("tbgateway: invalid device name")
 	// ErrInvalidKey: an empty telemetry or attribute key, a key the server
-	// would misread (a flat entry with "metadata", or with both "ts" and
-	// "values"), or a comma in a key of the gateway's own attribute request.
+	// would misread ("metadata" or "values" in an entry without timestamp),
+	// or a comma in a key of the gateway's own attribute request.
 	ErrInvalidKey = errors.New("tbgateway: invalid key")
 	// ErrInvalidValue: NaN, ±Inf, nil or malformed JSON where a value is
 	// expected.
@@ -54,6 +54,7 @@ type ValueError struct {
 	Err    error
 }
 
+// Error implements error.
 func (e *ValueError) Error() string {
 	s := "tbgateway: "
 	if e.Device != "" {
@@ -65,6 +66,7 @@ func (e *ValueError) Error() string {
 	return s + trimPrefix(e.Err.Error())
 }
 
+// Unwrap returns the underlying error.
 func (e *ValueError) Unwrap() error { return e.Err }
 
 // PayloadTooLargeError gives the size of a refused message as ThingsBoard
@@ -75,10 +77,12 @@ type PayloadTooLargeError struct {
 	Limit int // the configured maximum
 }
 
+// Error implements error.
 func (e *PayloadTooLargeError) Error() string {
 	return fmt.Sprintf("tbgateway: payload too large: %s message of %d bytes exceeds the limit of %d", e.Topic, e.Size, e.Limit)
 }
 
+// Unwrap returns the underlying error.
 func (e *PayloadTooLargeError) Unwrap() error { return ErrPayloadTooLarge }
 
 // ConnectError is a refused MQTT CONNECT. Code is the CONNACK return code
@@ -89,6 +93,7 @@ type ConnectError struct {
 	Err  error
 }
 
+// Error implements error.
 func (e *ConnectError) Error() string {
 	msg := "refused"
 	switch e.Code {
@@ -106,6 +111,7 @@ func (e *ConnectError) Error() string {
 	return fmt.Sprintf("tbgateway: connection refused: %s (CONNACK %d)", msg, e.Code)
 }
 
+// Unwrap returns the underlying error.
 func (e *ConnectError) Unwrap() error { return e.Err }
 
 // RPCError is returned by Call when the server answers with an error object
@@ -115,6 +121,7 @@ type RPCError struct {
 	Message string
 }
 
+// Error implements error.
 func (e *RPCError) Error() string {
 	return "tbgateway: rpc " + strconv.Quote(e.Method) + ": " + e.Message
 }

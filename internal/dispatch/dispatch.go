@@ -95,4 +95,5 @@ type PanicError struct {
 	Value any
 }
 
+// Error implements error.
 func (e *PanicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.Value) }

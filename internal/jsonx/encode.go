@@ -161,7 +161,10 @@ type KeyError struct {
 	Err error
 }
 
+// Error implements error.
 func (e *KeyError) Error() string { return strconv.Quote(e.Key) + ": " + e.Err.Error() }
+
+// Unwrap returns the underlying error.
 func (e *KeyError) Unwrap() error { return e.Err }
 
 // AppendValue appends one value. Supported: bool, string, every integer and

@@ -1,0 +1,342 @@
+package tbtest_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/require"
+
+	"github.com/thingsgate/tbgateway/tbtest"
+)
+
+const waitTimeout = 3 * time.Second
+
+var clientSeq atomic.Int64
+
+// gw is a raw paho client acting as a gateway.
+type gw struct {
+	t    *testing.T
+	c    paho.Client
+	mu   sync.Mutex
+	msgs []paho.Message
+	lost chan error
+}
+
+// dial connects a paho client with token as username; it fails the test on
+// a refused connection.
+func dial(t *testing.T, s *tbtest.Server, token string, opts ...func(*paho.ClientOptions)) *gw {
+	t.Helper()
+	g, err := tryDial(t, s, token, opts...)
+	require.NoError(t, err)
+	return g
+}
+
+func tryDial(t *testing.T, s *tbtest.Server, token string, opts ...func(*paho.ClientOptions)) (*gw, error) {
+	t.Helper()
+	g := &gw{t: t, lost: make(chan error, 1)}
+	o := paho.NewClientOptions().
+		AddBroker(s.URL()).
+		SetClientID(fmt.Sprintf("gw-%d", clientSeq.Add(1))).
+		SetUsername(token).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetConnectTimeout(2 * time.Second).
+		SetWriteTimeout(2 * time.Second).
+		SetKeepAlive(30 * time.Second).
+		SetOrderMatters(false).
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
+			g.mu.Lock()
+			g.msgs = append(g.msgs, m)
+			g.mu.Unlock()
+		}).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			select {
+			case g.lost <- err:
+			default:
+			}
+		})
+	if tc := s.TLSConfig(); tc != nil {
+		o.SetTLSConfig(tc)
+	}
+	for _, f := range opts {
+		f(o)
+	}
+	g.c = paho.NewClient(o)
+	tok := g.c.Connect()
+	if !tok.WaitTimeout(waitTimeout) {
+		return nil, errors.New("connect timeout")
+	}
+	if err := tok.Error(); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { g.c.Disconnect(0) })
+	return g, nil
+}
+
+// pub publishes at QoS 1 and waits for the PUBACK.
+func (g *gw) pub(topic, payload string) {
+	g.t.Helper()
+	tok := g.c.Publish(topic, 1, false, payload)
+	require.True(g.t, tok.WaitTimeout(waitTimeout), "no PUBACK for %s %s", topic, payload)
+	require.NoError(g.t, tok.Error())
+}
+
+// pubAsync publishes at QoS 1 without waiting.
+func (g *gw) pubAsync(topic, payload string) paho.Token {
+	return g.c.Publish(topic, 1, false, payload)
+}
+
+// sub subscribes and returns the SUBACK code of the filter.
+func (g *gw) sub(filter string, qos byte) byte {
+	g.t.Helper()
+	tok := g.c.Subscribe(filter, qos, nil)
+	require.True(g.t, tok.WaitTimeout(waitTimeout))
+	st, ok := tok.(*paho.SubscribeToken)
+	require.True(g.t, ok)
+	return st.Result()[filter]
+}
+
+// next waits for and removes the first received message on topic.
+func (g *gw) next(topic string) paho.Message {
+	g.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		g.mu.Lock()
+		for i, m := range g.msgs {
+			if m.Topic() == topic {
+				g.msgs = append(g.msgs[:i], g.msgs[i+1:]...)
+				g.mu.Unlock()
+				return m
+			}
+		}
+		g.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+	}
+	g.t.Fatalf("no message on %s", topic)
+	return nil
+}
+
+// received returns the number of messages received on topic so far.
+func (g *gw) received(topic string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, m := range g.msgs {
+		if m.Topic() == topic {
+			n++
+		}
+	}
+	return n
+}
+
+// waitLost waits until the server closed the connection.
+func (g *gw) waitLost() {
+	g.t.Helper()
+	select {
+	case <-g.lost:
+	case <-time.After(waitTimeout):
+		g.t.Fatal("connection was not closed by the server")
+	}
+}
+
+func waitFor(t *testing.T, s *tbtest.Server, cond func() bool, msg string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	require.NoError(t, s.WaitFor(ctx, cond), msg)
+}
+
+func connected(s *tbtest.Server, name string) bool {
+	d, ok := s.Device(name)
+	return ok && d.Connected
+}
+
+func lastRejection(t *testing.T, s *tbtest.Server) tbtest.Rejection {
+	t.Helper()
+	rs := s.Rejections()
+	require.NotEmpty(t, rs)
+	return rs[len(rs)-1]
+}
+
+// --- test vectors ---
+
+type vector struct {
+	Name    string `json:"name"`
+	Topic   string `json:"topic"`
+	Payload string `json:"payload"`
+}
+
+var (
+	vectorsOnce sync.Once
+	vectors     map[string]map[string]vector
+)
+
+// vec returns a case of testdata/vectors/<file>.json, a copy of the
+// project's shared wire vectors.
+func vec(t *testing.T, file, name string) vector {
+	t.Helper()
+	vectorsOnce.Do(func() {
+		vectors = map[string]map[string]vector{}
+		for _, f := range []string{"uplink", "downlink", "never-send"} {
+			var list []vector
+			b, err := os.ReadFile(filepath.Join("testdata", "vectors", f+".json"))
+			if err == nil {
+				_ = json.Unmarshal(b, &list)
+			}
+			vectors[f] = map[string]vector{}
+			for _, v := range list {
+				vectors[f][v.Name] = v
+			}
+		}
+	})
+	v, ok := vectors[file][name]
+	require.True(t, ok, "vector %s/%s not found", file, name)
+	return v
+}
+
+// --- raw MQTT 3.1.1 client for packet-exact assertions ---
+
+type wire struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func encLen(n int) []byte {
+	var out []byte
+	for {
+		b := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			b |= 0x80
+		}
+		out = append(out, b)
+		if n == 0 {
+			return out
+		}
+	}
+}
+
+func encStr(s string) []byte {
+	b := make([]byte, 2, 2+len(s))
+	binary.BigEndian.PutUint16(b, uint16(len(s)))
+	return append(b, s...)
+}
+
+func packet(typ byte, body []byte) []byte {
+	return append(append([]byte{typ}, encLen(len(body))...), body...)
+}
+
+// rawConnect opens a TCP connection and sends CONNECT (MQTT 3.1.1, clean
+// session). It returns the client and the CONNACK return code.
+func rawConnect(t *testing.T, s *tbtest.Server, clientID, username string, password *string) (*wire, byte) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", s.Addr(), waitTimeout)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	w := &wire{t: t, c: c, r: bufio.NewReader(c)}
+	flags := byte(0x02)
+	var pl []byte
+	pl = append(pl, encStr(clientID)...)
+	if username != "" {
+		flags |= 0x80
+		pl = append(pl, encStr(username)...)
+	}
+	if password != nil {
+		flags |= 0x40
+		pl = append(pl, encStr(*password)...)
+	}
+	body := append(append(encStr("MQTT"), 4, flags, 0, 60), pl...)
+	w.write(packet(0x10, body))
+	typ, b, err := w.read()
+	require.NoError(t, err)
+	require.Equal(t, byte(0x20), typ, "CONNACK expected")
+	require.Len(t, b, 2)
+	return w, b[1]
+}
+
+func (w *wire) write(b []byte) {
+	w.t.Helper()
+	_, err := w.c.Write(b)
+	require.NoError(w.t, err)
+}
+
+// publish sends a PUBLISH (id is used for QoS > 0).
+func (w *wire) publish(topic string, payload []byte, qos byte, id uint16) {
+	w.t.Helper()
+	body := encStr(topic)
+	if qos > 0 {
+		body = binary.BigEndian.AppendUint16(body, id)
+	}
+	body = append(body, payload...)
+	w.write(packet(0x30|qos<<1, body))
+}
+
+// read reads one packet: type nibble (as 0xN0) and body; io.EOF when the
+// server closed the connection.
+func (w *wire) read() (byte, []byte, error) {
+	_ = w.c.SetReadDeadline(time.Now().Add(waitTimeout))
+	h, err := w.r.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, mul := 0, 1
+	for {
+		b, err := w.r.ReadByte()
+		if err != nil {
+			return 0, nil, err
+		}
+		n += int(b&0x7f) * mul
+		mul *= 128
+		if b&0x80 == 0 {
+			break
+		}
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(w.r, body); err != nil {
+		return 0, nil, err
+	}
+	return h & 0xf0, body, nil
+}
+
+// expectPuback reads the next packet and requires a PUBACK for id.
+func (w *wire) expectPuback(id uint16) {
+	w.t.Helper()
+	typ, b, err := w.read()
+	require.NoError(w.t, err, "PUBACK expected")
+	require.Equal(w.t, byte(0x40), typ, "PUBACK expected")
+	require.Equal(w.t, id, binary.BigEndian.Uint16(b))
+}
+
+// expectClosed requires that the server closes the connection without
+// sending anything else.
+func (w *wire) expectClosed() {
+	w.t.Helper()
+	typ, _, err := w.read()
+	require.Error(w.t, err, "expected close, got packet type %#x", typ)
+	var ne net.Error
+	require.False(w.t, errors.As(err, &ne) && ne.Timeout(), "connection not closed: %v", err)
+}
+
+// ping sends PINGREQ and requires PINGRESP as the next packet: everything
+// sent before was answered (or not) by then.
+func (w *wire) ping() {
+	w.t.Helper()
+	w.write([]byte{0xc0, 0})
+	typ, _, err := w.read()
+	require.NoError(w.t, err)
+	require.Equal(w.t, byte(0xd0), typ, "PINGRESP expected")
+}

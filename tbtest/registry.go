@@ -1,0 +1,349 @@
+package tbtest
+
+import (
+	"context"
+	"maps"
+	"sort"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+)
+
+// Device is a snapshot of one device in the server's registry: a sub-device
+// created through a gateway, or a gateway itself.
+type Device struct {
+	Name string
+	// Profile is the device profile name: the "type" of the connect that
+	// created the device, "default" when created implicitly.
+	Profile string
+	// Gateway is the access token of the gateway that last connected the
+	// device (additionalInfo lastConnectedGateway); "" for gateways.
+	Gateway string
+	// Connected reports an open session: for a sub-device, a gateway session
+	// that receives its downlinks; for a gateway, a live MQTT connection.
+	Connected bool
+	Created   time.Time
+	IsGateway bool
+}
+
+// Point is one stored telemetry value. Value holds int64, float64, string,
+// bool or json.RawMessage (compact JSON), typed as the server types it.
+type Point struct {
+	TS    int64
+	Value any
+}
+
+// Claim is one claim request stored for a device. DurationMs is the duration
+// the server applies: a request without durationMs (or 0) gets
+// DefaultClaimDurationMs.
+type Claim struct {
+	SecretKey  string
+	DurationMs int64
+}
+
+// Message is one MQTT PUBLISH, as received from a client (Messages) or as
+// sent by the server to a client (Sent).
+type Message struct {
+	ClientID string
+	// Username is the MQTT username, i.e. the gateway's access token.
+	Username string
+	Topic    string
+	Payload  []byte
+	QoS      byte
+	Time     time.Time
+}
+
+// Rejection records traffic the server refused, for assertions.
+type Rejection struct {
+	ClientID string
+	Username string
+	// Topic is the PUBLISH topic or the SUBSCRIBE filter ("" for a refused
+	// CONNECT or an oversized packet that is not a PUBLISH).
+	Topic   string
+	Payload []byte
+	Reason  string
+	// Closed reports that the server closed the connection because of it.
+	Closed bool
+}
+
+type device struct {
+	name         string
+	profile      string
+	isGateway    bool
+	ownToken     string // access token, for gateway devices
+	gatewayToken string
+	created      time.Time
+	session      *conn // open sub-device session, nil if none
+
+	series map[string][]Point
+	latest map[string]Point
+	points int
+	client map[string]any
+	shared map[string]any
+	claims []Claim
+	rpcSeq int
+}
+
+func newDevice(name, profile string, now time.Time) *device {
+	return &device{
+		name:    name,
+		profile: profile,
+		created: now,
+		series:  map[string][]Point{},
+		latest:  map[string]Point{},
+		client:  map[string]any{},
+		shared:  map[string]any{},
+	}
+}
+
+func (d *device) snapshot(s *Server) Device {
+	out := Device{
+		Name:      d.name,
+		Profile:   d.profile,
+		Gateway:   d.gatewayToken,
+		Created:   d.created,
+		IsGateway: d.isGateway,
+	}
+	if d.isGateway {
+		if g := s.gateways[d.ownToken]; g != nil {
+			out.Connected = liveConn(g) != nil
+		}
+	} else {
+		out.Connected = liveSession(d) != nil
+	}
+	return out
+}
+
+// store records one telemetry point; Latest keeps the greatest timestamp
+// (a later arrival wins a tie).
+func (d *device) store(key string, p Point) {
+	d.series[key] = append(d.series[key], p)
+	d.points++
+	if old, ok := d.latest[key]; !ok || p.TS >= old.TS {
+		d.latest[key] = p
+	}
+}
+
+// gateway is a registered gateway device and its live connection.
+type gateway struct {
+	token string
+	dev   *device
+	conn  *conn
+	own   *bucket // transportGatewayDevice*: the gateway's own session
+	subs  *bucket // transportGateway*: shared by all sub-devices
+	// queue holds server RPCs to the gateway itself that wait for a
+	// v1/devices/me/rpc/request/+ subscription.
+	queue []queuedRPC
+}
+
+type queuedRPC struct {
+	id      int
+	payload []byte
+}
+
+// conn is one authenticated MQTT connection of a gateway.
+type conn struct {
+	cl       *mqtt.Client
+	id       string
+	token    string
+	gw       *gateway
+	subs     map[string]byte    // accepted filter -> granted QoS
+	sessions map[string]*device // open sub-device sessions by name
+	nextID   uint16
+	dead     bool
+	gone     chan struct{} // closed when dead is set
+	post     *plan         // work to do after the current packet was answered
+}
+
+// alive reports a connection that is registered and whose socket is open
+// (a CONNACK write can fail after registration without OnDisconnect).
+func (c *conn) alive() bool { return !c.dead && !c.cl.Closed() }
+
+type rpcKey struct {
+	device string
+	id     int
+}
+
+// --- read accessors ---
+
+// Device returns the registry entry for name.
+func (s *Server) Device(name string) (Device, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.devices[name]
+	if d == nil {
+		return Device{}, false
+	}
+	return d.snapshot(s), true
+}
+
+// Devices returns every device, gateways included, sorted by name.
+func (s *Server) Devices() []Device {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Device, 0, len(s.devices))
+	for _, d := range s.devices {
+		out = append(out, d.snapshot(s))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// GatewayName returns the device name of the gateway with accessToken
+// ("" if no such gateway is registered).
+func (s *Server) GatewayName(accessToken string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if g := s.gateways[accessToken]; g != nil {
+		return g.dev.name
+	}
+	return ""
+}
+
+// Latest returns the stored telemetry point of key with the greatest
+// timestamp.
+func (s *Server) Latest(device, key string) (Point, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d := s.devices[device]; d != nil {
+		p, ok := d.latest[key]
+		return p, ok
+	}
+	return Point{}, false
+}
+
+// Series returns every stored point of key in arrival order.
+func (s *Server) Series(device, key string) []Point {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d := s.devices[device]; d != nil {
+		return append([]Point(nil), d.series[key]...)
+	}
+	return nil
+}
+
+// TelemetryCount returns the number of stored telemetry points of device
+// over all keys.
+func (s *Server) TelemetryCount(device string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d := s.devices[device]; d != nil {
+		return d.points
+	}
+	return 0
+}
+
+// ClientAttributes returns a copy of the device's client-scope attributes
+// (what the gateway published), nil for an unknown device.
+func (s *Server) ClientAttributes(device string) map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d := s.devices[device]; d != nil {
+		return maps.Clone(d.client)
+	}
+	return nil
+}
+
+// SharedAttributes returns a copy of the device's shared attributes (what
+// the server side set), nil for an unknown device.
+func (s *Server) SharedAttributes(device string) map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d := s.devices[device]; d != nil {
+		return maps.Clone(d.shared)
+	}
+	return nil
+}
+
+// Claims returns the claim requests received for device, oldest first.
+func (s *Server) Claims(device string) []Claim {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d := s.devices[device]; d != nil {
+		return append([]Claim(nil), d.claims...)
+	}
+	return nil
+}
+
+// Messages returns every PUBLISH received from clients, in arrival order,
+// including refused ones (packets over the size limit are only in Rejections).
+func (s *Server) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Message(nil), s.messages...)
+}
+
+// Sent returns every PUBLISH the server wrote to a client, in order.
+func (s *Server) Sent() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Message(nil), s.sent...)
+}
+
+// Rejections returns the refused traffic recorded so far, in order.
+func (s *Server) Rejections() []Rejection {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Rejection(nil), s.rejections...)
+}
+
+// WaitFor calls cond until it returns true or ctx is done. cond is re-checked
+// whenever the server's state changes and at least every 10 ms; it must not
+// block and may call any Server method.
+func (s *Server) WaitFor(ctx context.Context, cond func() bool) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		ch := s.changed
+		s.mu.Unlock()
+		if cond() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		case <-t.C:
+		}
+	}
+}
+
+// notifyLocked wakes WaitFor callers.
+func (s *Server) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// --- helpers used under s.mu ---
+
+func cloneBytes(b []byte) []byte { return append([]byte(nil), b...) }
+
+func (s *Server) rejectLocked(c *conn, topic string, payload []byte, reason string, closed bool) {
+	r := Rejection{Topic: topic, Payload: cloneBytes(payload), Reason: reason, Closed: closed}
+	if c != nil {
+		r.ClientID, r.Username = c.id, c.token
+	}
+	s.rejections = append(s.rejections, r)
+	s.log.Debug("tbtest: rejected", "client", r.ClientID, "topic", topic, "reason", reason, "closed", closed)
+}
+
+// kv is a typed key/value pair ready to store.
+type kv struct {
+	key string
+	val any
+}
+
+func rawToKVs(list []member) ([]kv, error) {
+	out := make([]kv, 0, len(list))
+	for _, m := range list {
+		v, ok, err := typeJSON(m.val)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, kv{m.key, v})
+		}
+	}
+	return out, nil
+}

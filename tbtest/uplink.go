@@ -1,0 +1,579 @@
+package tbtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Topics of the gateway API (WIRE §1).
+const (
+	topicConnect      = "v1/gateway/connect"
+	topicDisconnect   = "v1/gateway/disconnect"
+	topicTelemetry    = "v1/gateway/telemetry"
+	topicAttributes   = "v1/gateway/attributes"
+	topicAttrRequest  = "v1/gateway/attributes/request"
+	topicAttrResponse = "v1/gateway/attributes/response"
+	topicRPC          = "v1/gateway/rpc"
+	topicClaim        = "v1/gateway/claim"
+
+	topicSelfTelemetry          = "v1/devices/me/telemetry"
+	topicSelfAttributes         = "v1/devices/me/attributes"
+	topicSelfAttrRequestPrefix  = "v1/devices/me/attributes/request/"
+	topicSelfAttrResponsePrefix = "v1/devices/me/attributes/response/"
+	topicSelfRPCRequestPrefix   = "v1/devices/me/rpc/request/"
+	topicSelfRPCResponsePrefix  = "v1/devices/me/rpc/response/"
+	topicSelfRPCRequestSub      = "v1/devices/me/rpc/request/+"
+	topicSelfClaim              = "v1/devices/me/claim"
+
+	maxDeviceNameLength = 255
+)
+
+// acceptedFilters are the only SUBSCRIBE filters ThingsBoard accepts (WIRE §1.2).
+var acceptedFilters = map[string]bool{
+	"v1/devices/me/attributes":            true,
+	"v1/devices/me/rpc/request/+":         true,
+	"v1/devices/me/rpc/response/+":        true,
+	"v1/devices/me/attributes/response/+": true,
+	"v1/gateway/attributes":               true,
+	"v1/gateway/rpc":                      true,
+	"v1/gateway/attributes/response":      true,
+	"v2/a":                                true,
+	"v2/a/j":                              true,
+	"v2/a/p":                              true,
+	"v2/a/res/+":                          true,
+	"v2/a/res/j/+":                        true,
+	"v2/a/res/p/+":                        true,
+	"v2/r/req/+":                          true,
+	"v2/r/req/j/+":                        true,
+	"v2/r/req/p/+":                        true,
+	"v2/r/res/+":                          true,
+	"v2/r/res/j/+":                        true,
+	"v2/r/res/p/+":                        true,
+	"v1/devices/me/fw/response/+/chunk/+": true,
+	"v1/devices/me/sw/response/+/chunk/+": true,
+	"v2/fw/response/+/chunk/+":            true,
+	"v2/sw/response/+/chunk/+":            true,
+}
+
+var jsonValid = json.Valid
+
+// verdict is how the server answers one PUBLISH on MQTT 3.1.1 (WIRE §2.2).
+type verdict int
+
+const (
+	vAck        verdict = iota // PUBACK (QoS 1), session stays
+	vNoAck                     // never acknowledged, session stays
+	vAckClose                  // PUBACK, then TCP close
+	vCloseNoAck                // TCP close, no PUBACK
+)
+
+func (v verdict) acks() bool   { return v == vAck || v == vAckClose }
+func (v verdict) closes() bool { return v == vAckClose || v == vCloseNoAck }
+
+// plan is the outcome of one packet: the answer and what follows it.
+type plan struct {
+	verdict verdict
+	after   []outbound // downlinks written after the PUBACK/SUBACK
+}
+
+// closing reports that the connection is being closed by this packet.
+func (p *plan) closing() bool { return p.verdict.closes() }
+
+// up carries what a handler needs about the PUBLISH being processed.
+type up struct {
+	c   *conn
+	pk  packets.Packet
+	p   *plan
+	now time.Time
+}
+
+func (u *up) nowMs() int64 { return u.now.UnixMilli() }
+
+// shapeLocked: JSON parses but has the wrong shape, or a gateway data
+// message breaks a rate limit → PUBACK then close.
+func (s *Server) shapeLocked(u *up, reason string) {
+	s.rejectLocked(u.c, u.pk.TopicName, u.pk.Payload, reason, true)
+	u.p.verdict = vAckClose
+	s.dropConnLocked(u.c)
+}
+
+// closeNoAck: unparseable JSON, conversion error, synchronous refusal →
+// close without PUBACK.
+func (s *Server) closeNoAckLocked(u *up, reason string) {
+	s.rejectLocked(u.c, u.pk.TopicName, u.pk.Payload, reason, true)
+	u.p.verdict = vCloseNoAck
+	s.dropConnLocked(u.c)
+}
+
+// syntaxLocked checks that the payload parses; on failure it applies
+// sendAckOnValidationException or closes without PUBACK.
+func (s *Server) syntaxLocked(u *up) bool {
+	if validJSON(u.pk.Payload) {
+		return true
+	}
+	if s.cfg.ackOnValidation && u.pk.FixedHeader.Qos == 1 {
+		s.rejectLocked(u.c, u.pk.TopicName, u.pk.Payload, "payload is not valid JSON (acknowledged: sendAckOnValidationException)", false)
+		return false
+	}
+	s.closeNoAckLocked(u, "payload is not valid JSON")
+	return false
+}
+
+func (s *Server) dispatchLocked(c *conn, pk packets.Packet, p *plan, now time.Time) {
+	u := &up{c: c, pk: pk, p: p, now: now}
+	topic := pk.TopicName
+	if strings.HasPrefix(topic, "v1/gateway") {
+		switch topic {
+		case topicConnect, topicDisconnect, topicTelemetry, topicAttributes,
+			topicAttrRequest, topicRPC, topicClaim:
+		default:
+			s.rejectLocked(c, topic, pk.Payload, "unknown gateway topic (PUBACK 0x90 on MQTT 5)", false)
+			return
+		}
+		if !s.syntaxLocked(u) {
+			return
+		}
+		switch topic {
+		case topicConnect:
+			s.onConnect(u)
+		case topicDisconnect:
+			s.onDisconnect(u)
+		case topicTelemetry:
+			s.onTelemetry(u)
+		case topicAttributes:
+			s.onAttributes(u)
+		case topicAttrRequest:
+			s.onAttrRequest(u)
+		case topicRPC:
+			s.onRPCReply(u)
+		case topicClaim:
+			s.onClaim(u)
+		}
+		return
+	}
+	switch {
+	case topic == topicSelfTelemetry:
+		s.onSelfTelemetry(u)
+	case topic == topicSelfAttributes:
+		s.onSelfAttributes(u)
+	case strings.HasPrefix(topic, topicSelfAttrRequestPrefix):
+		s.onSelfAttrRequest(u)
+	case strings.HasPrefix(topic, topicSelfRPCRequestPrefix):
+		s.onSelfRPCRequest(u)
+	case strings.HasPrefix(topic, topicSelfRPCResponsePrefix):
+		s.onSelfRPCResponse(u)
+	case topic == topicSelfClaim:
+		s.onSelfClaim(u)
+	default:
+		s.rejectLocked(c, topic, pk.Payload, "unsupported topic", false)
+	}
+}
+
+// --- sub-device sessions ---
+
+// creationError is why the server would fail to create a device
+// asynchronously (a plain PUBACK on MQTT 3.1.1, nothing stored).
+func creationError(name, profile string) string {
+	switch {
+	case name == "":
+		return "device creation failed: empty device name"
+	case len(name) > maxDeviceNameLength:
+		return "device creation failed: device name longer than 255 characters"
+	case profile == "":
+		return "device creation failed: empty device profile name"
+	}
+	return ""
+}
+
+// sessionLocked returns the sub-device session of name on the connection,
+// opening it (and creating the device) if needed, as every gateway uplink
+// does (WIRE §2.3). It returns nil if the device cannot be used: then either
+// the connection is closing (u.p.closing()) or the failure is silent.
+func (s *Server) sessionLocked(u *up, name, profile string) *device {
+	c := u.c
+	if d := c.sessions[name]; d != nil {
+		return d
+	}
+	if !c.gw.subs.message(u.now) {
+		s.closeNoAckLocked(u, fmt.Sprintf("rate limit (gateway messages): lookup/creation of device %q", name))
+		return nil
+	}
+	d := s.devices[name]
+	if d == nil {
+		if reason := creationError(name, profile); reason != "" {
+			s.rejectLocked(c, u.pk.TopicName, u.pk.Payload, reason, false)
+			return nil
+		}
+		d = newDevice(name, profile, u.now)
+		s.devices[name] = d
+	}
+	if !d.isGateway {
+		d.gatewayToken = c.token
+	}
+	if !c.gw.subs.message(u.now) {
+		s.rejectLocked(c, u.pk.TopicName, u.pk.Payload, fmt.Sprintf("rate limit (gateway messages): session open of device %q", name), false)
+	}
+	if old := d.session; old != nil && old != c {
+		for n, od := range old.sessions {
+			if od == d {
+				delete(old.sessions, n)
+			}
+		}
+	}
+	d.session = c
+	c.sessions[name] = d
+	return d
+}
+
+// closeSessionLocked closes the sub-device session name on c. counted says
+// whether the session-close message consumes the gateway's rate limit.
+func (s *Server) closeSessionLocked(c *conn, name string, counted bool) {
+	d := c.sessions[name]
+	if d == nil {
+		return
+	}
+	delete(c.sessions, name)
+	if d.session == c {
+		d.session = nil
+	}
+	if counted {
+		c.gw.subs.message(time.Now())
+	}
+}
+
+// dropConnLocked forgets a connection: its sub-device sessions close and the
+// gateway is offline. The socket itself is closed by the caller.
+func (s *Server) dropConnLocked(c *conn) {
+	if c.dead {
+		return
+	}
+	c.dead = true
+	close(c.gone)
+	names := make([]string, 0, len(c.sessions))
+	for n := range c.sessions {
+		names = append(names, n)
+	}
+	for _, n := range names {
+		s.closeSessionLocked(c, n, true)
+	}
+	if c.gw.conn == c {
+		c.gw.conn = nil
+		c.gw.own.message(time.Now())
+	}
+}
+
+// --- v1/gateway/* uplinks ---
+
+// deviceName reads a required non-empty "device" member (connect/disconnect).
+func (s *Server) deviceName(u *up) (string, *object, bool) {
+	o, err := parseObject(u.pk.Payload)
+	if err != nil {
+		s.shapeLocked(u, "payload is not a JSON object")
+		return "", nil, false
+	}
+	raw, ok := o.get("device")
+	if !ok {
+		s.shapeLocked(u, "missing device")
+		return "", nil, false
+	}
+	name, err := asString(raw)
+	if err != nil {
+		s.shapeLocked(u, "device is not a string")
+		return "", nil, false
+	}
+	if name == "" {
+		s.shapeLocked(u, "empty device name")
+		return "", nil, false
+	}
+	return name, o, true
+}
+
+func (s *Server) onConnect(u *up) {
+	name, o, ok := s.deviceName(u)
+	if !ok {
+		return
+	}
+	profile := "default"
+	if t, ok := o.get("type"); ok && jsonKind(t) != 'n' {
+		var err error
+		if profile, err = asString(t); err != nil {
+			s.shapeLocked(u, "type is not a string")
+			return
+		}
+	}
+	s.sessionLocked(u, name, profile)
+}
+
+func (s *Server) onDisconnect(u *up) {
+	name, _, ok := s.deviceName(u)
+	if !ok {
+		return
+	}
+	s.closeSessionLocked(u.c, name, true)
+}
+
+// deviceEntries splits a {"Device": value, …} payload and keeps the entries
+// whose value has the JSON kind want; the others are skipped (and recorded).
+// No entry left is a shape error.
+func (s *Server) deviceEntries(u *up, want byte, what string) ([]member, bool) {
+	list, err := members(u.pk.Payload)
+	if err != nil {
+		s.shapeLocked(u, "payload is not a JSON object")
+		return nil, false
+	}
+	var out []member
+	for _, m := range list {
+		if jsonKind(m.val) == want {
+			out = append(out, m)
+			continue
+		}
+		s.rejectLocked(u.c, u.pk.TopicName, u.pk.Payload, fmt.Sprintf("entry of device %q skipped: value is not %s", m.key, what), false)
+	}
+	if len(out) == 0 {
+		s.shapeLocked(u, "no valid device entry (message is empty)")
+		return nil, false
+	}
+	return out, true
+}
+
+func (s *Server) onTelemetry(u *up) {
+	entries, ok := s.deviceEntries(u, '[', "a JSON array")
+	if !ok {
+		return
+	}
+	empty := false
+	for _, e := range entries {
+		d := s.sessionLocked(u, e.key, "default")
+		if u.p.closing() {
+			return
+		}
+		if d == nil {
+			continue
+		}
+		items, _ := elements(e.val)
+		if len(items) == 0 {
+			// Zero messages: the aggregate PUBACK callback never fires.
+			empty = true
+			s.rejectLocked(u.c, u.pk.TopicName, u.pk.Payload, fmt.Sprintf("empty telemetry array for device %q: never acknowledged", e.key), false)
+			continue
+		}
+		pts, n, err := convertTelemetry(items, u.nowMs())
+		if err != nil {
+			s.closeNoAckLocked(u, fmt.Sprintf("telemetry of device %q: %v", e.key, err))
+			return
+		}
+		if !u.c.gw.subs.data(n, u.now) {
+			s.shapeLocked(u, fmt.Sprintf("rate limit (gateway telemetry): device %q", e.key))
+			return
+		}
+		storeTelemetry(d, pts)
+	}
+	if empty {
+		u.p.verdict = vNoAck
+	}
+}
+
+type tsPoint struct {
+	key string
+	p   Point
+}
+
+// convertTelemetry converts telemetry items (WIRE §2.4) into points and
+// counts the data points.
+func convertTelemetry(items []json.RawMessage, nowMs int64) ([]tsPoint, int, error) {
+	var out []tsPoint
+	for i, it := range items {
+		o, err := parseObject(it)
+		if err != nil {
+			return nil, 0, fmt.Errorf("item %d is not a JSON object", i)
+		}
+		if md, ok := o.get("metadata"); ok {
+			if err := checkMetadata(md); err != nil {
+				return nil, 0, fmt.Errorf("item %d: %v", i, err)
+			}
+		}
+		var ts int64
+		var list []member
+		if o.has("ts") && o.has("values") {
+			if ts, err = asLong(o.m["ts"]); err != nil {
+				return nil, 0, fmt.Errorf("item %d: ts is not a long", i)
+			}
+			if list, err = members(o.m["values"]); err != nil {
+				return nil, 0, fmt.Errorf("item %d: values is not a JSON object", i)
+			}
+		} else {
+			ts = nowMs
+			for _, m := range o.list {
+				if m.key != "metadata" {
+					list = append(list, m)
+				}
+			}
+		}
+		kvs, err := rawToKVs(list)
+		if err != nil {
+			return nil, 0, fmt.Errorf("item %d: %v", i, err)
+		}
+		for _, kv := range kvs {
+			out = append(out, tsPoint{kv.key, Point{TS: ts, Value: kv.val}})
+		}
+	}
+	return out, len(out), nil
+}
+
+func checkMetadata(raw json.RawMessage) error {
+	o, err := parseObject(raw)
+	if err != nil {
+		return fmt.Errorf("metadata is not a JSON object")
+	}
+	for _, k := range []string{"connector", "receivedTs", "publishedTs"} {
+		v, ok := o.get(k)
+		if !ok || jsonKind(v) == 'n' {
+			return fmt.Errorf("metadata.%s is missing", k)
+		}
+	}
+	if _, err := asString(o.m["connector"]); err != nil {
+		return fmt.Errorf("metadata.connector is not a string")
+	}
+	for _, k := range []string{"receivedTs", "publishedTs"} {
+		if _, err := asLong(o.m[k]); err != nil {
+			return fmt.Errorf("metadata.%s is not a long", k)
+		}
+	}
+	return nil
+}
+
+func storeTelemetry(d *device, pts []tsPoint) {
+	for _, p := range pts {
+		d.store(p.key, p.p)
+	}
+}
+
+func (s *Server) onAttributes(u *up) {
+	entries, ok := s.deviceEntries(u, '{', "a JSON object")
+	if !ok {
+		return
+	}
+	for _, e := range entries {
+		d := s.sessionLocked(u, e.key, "default")
+		if u.p.closing() {
+			return
+		}
+		if d == nil {
+			continue
+		}
+		list, _ := members(e.val)
+		kvs, err := rawToKVs(list)
+		if err != nil {
+			s.closeNoAckLocked(u, fmt.Sprintf("attributes of device %q: %v", e.key, err))
+			return
+		}
+		if !u.c.gw.subs.data(len(kvs), u.now) {
+			s.shapeLocked(u, fmt.Sprintf("rate limit (gateway telemetry): attributes of device %q", e.key))
+			return
+		}
+		for _, kv := range kvs {
+			d.client[kv.key] = kv.val
+		}
+	}
+}
+
+func (s *Server) onRPCReply(u *up) {
+	o, err := parseObject(u.pk.Payload)
+	if err != nil {
+		s.shapeLocked(u, "payload is not a JSON object")
+		return
+	}
+	devRaw, ok := o.get("device")
+	if !ok {
+		s.shapeLocked(u, "RPC reply without device")
+		return
+	}
+	name, err := asString(devRaw)
+	if err != nil {
+		s.shapeLocked(u, "RPC reply device is not a string")
+		return
+	}
+	idRaw, ok := o.get("id")
+	if !ok {
+		s.shapeLocked(u, "RPC reply without id")
+		return
+	}
+	id, err := asInt(idRaw)
+	if err != nil {
+		s.shapeLocked(u, "RPC reply id is not an int")
+		return
+	}
+	data, ok := o.get("data")
+	if !ok {
+		s.shapeLocked(u, "RPC reply without data")
+		return
+	}
+	d := s.sessionLocked(u, name, "default")
+	if d == nil {
+		return
+	}
+	if !u.c.gw.subs.message(u.now) {
+		s.shapeLocked(u, "rate limit (gateway messages): RPC reply")
+		return
+	}
+	key := rpcKey{device: name, id: id}
+	if ch := s.pendingRPC[key]; ch != nil {
+		delete(s.pendingRPC, key)
+		ch <- compactJSON(data)
+		return
+	}
+	s.log.Debug("tbtest: stale RPC reply dropped", "device", name, "id", id)
+}
+
+// claimOf reads a claim object (both members optional).
+func claimOf(raw json.RawMessage) (Claim, error) {
+	o, err := parseObject(raw)
+	if err != nil {
+		return Claim{}, fmt.Errorf("claim is not a JSON object")
+	}
+	var c Claim
+	if v, ok := o.get("secretKey"); ok && jsonKind(v) != 'n' {
+		if c.SecretKey, err = asString(v); err != nil {
+			return Claim{}, fmt.Errorf("secretKey is not a string")
+		}
+	}
+	if v, ok := o.get("durationMs"); ok && jsonKind(v) != 'n' {
+		if c.DurationMs, err = asLong(v); err != nil {
+			return Claim{}, fmt.Errorf("durationMs is not a long")
+		}
+	}
+	if c.DurationMs == 0 {
+		c.DurationMs = DefaultClaimDurationMs
+	}
+	return c, nil
+}
+
+func (s *Server) onClaim(u *up) {
+	entries, ok := s.deviceEntries(u, '{', "a JSON object")
+	if !ok {
+		return
+	}
+	for _, e := range entries {
+		d := s.sessionLocked(u, e.key, "default")
+		if u.p.closing() {
+			return
+		}
+		if d == nil {
+			continue
+		}
+		cl, err := claimOf(e.val)
+		if err != nil {
+			s.closeNoAckLocked(u, fmt.Sprintf("claim of device %q: %v", e.key, err))
+			return
+		}
+		if !u.c.gw.subs.message(u.now) {
+			s.shapeLocked(u, fmt.Sprintf("rate limit (gateway messages): claim of device %q", e.key))
+			return
+		}
+		d.claims = append(d.claims, cl)
+	}
+}
