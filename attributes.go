@@ -250,30 +250,38 @@ func appendStrings(b []byte, s []string) []byte {
 // onAttributeResponse correlates {"id","device","value"|"values"} with its
 // request. A reply with neither member means nothing was found.
 func (g *Gateway) onAttributeResponse(payload []byte) {
-	m, err := jsonx.DecodeObject(payload)
+	key, r, err := decodeAttributeResponse(payload)
 	if err != nil {
 		g.malformed(topicGatewayAttrResponse, payload, err)
 		return
 	}
+	if !g.attrReqs.Resolve(key, r) {
+		g.log.Debug("tbgateway: attribute response nobody waits for", "device", key.device, "request_id", key.id)
+	}
+}
+
+// decodeAttributeResponse parses {"id":N,"device":D,"value":v} or
+// {...,"values":{...}}; neither member means nothing was found.
+func decodeAttributeResponse(payload []byte) (attrKey, attrReply, error) {
+	var r attrReply
+	m, err := jsonx.DecodeObject(payload)
+	if err != nil {
+		return attrKey{}, r, err
+	}
 	device, ok1 := m["device"].(string)
 	id, ok2 := m["id"].(int64)
 	if !ok1 || !ok2 || id != int64(int32(id)) {
-		g.malformed(topicGatewayAttrResponse, payload, errors.New("missing or invalid device or id"))
-		return
+		return attrKey{}, r, errors.New("missing or invalid device or id")
 	}
-	var r attrReply
 	r.value, r.hasValue = m["value"]
 	if v, ok := m["values"]; ok {
 		if r.values, ok = v.(map[string]any); !ok {
-			g.malformed(topicGatewayAttrResponse, payload, errors.New("values is not an object"))
-			return
+			return attrKey{}, r, errors.New("values is not an object")
 		}
 	}
 	r.client, _ = m["client"].(map[string]any)
 	r.shared, _ = m["shared"].(map[string]any)
-	if !g.attrReqs.Resolve(attrKey{device, int32(id)}, r) {
-		g.log.Debug("tbgateway: attribute response nobody waits for", "device", device, "request_id", id)
-	}
+	return attrKey{device, int32(id)}, r, nil
 }
 
 // AttributeUpdate is a change of shared attributes pushed by the server.
@@ -328,22 +336,33 @@ func (g *Gateway) setDeviceAttrHandler(device string, h AttributeHandler) {
 // uplinks, {"D":{...}}, which never have a string "device" with an object
 // "data" and are ignored.
 func (g *Gateway) onAttributeUpdate(payload []byte) {
+	u, echo, err := decodeAttributeUpdate(payload)
+	switch {
+	case echo:
+		g.stats.echoes.Add(1)
+	case err != nil:
+		g.malformed(topicGatewayAttributes, payload, err)
+	default:
+		g.deliverUpdate(u)
+	}
+}
+
+// decodeAttributeUpdate parses {"device":D,"data":{...}}. echo reports our
+// own uplink shape, {"D":{...}}, which a plain broker hands back.
+func decodeAttributeUpdate(payload []byte) (u AttributeUpdate, echo bool, err error) {
 	m, err := jsonx.DecodeObject(payload)
 	if err != nil {
-		g.malformed(topicGatewayAttributes, payload, err)
-		return
+		return u, false, err
 	}
 	device, okDevice := m["device"].(string)
 	data, okData := m["data"].(map[string]any)
 	if !okDevice || !okData || len(m) != 2 {
 		if isUplinkShape(m) {
-			g.stats.echoes.Add(1)
-			return
+			return u, true, nil
 		}
-		g.malformed(topicGatewayAttributes, payload, errors.New("not {\"device\",\"data\"}"))
-		return
+		return u, false, errors.New("not {\"device\",\"data\"}")
 	}
-	g.deliverUpdate(device, data)
+	return splitUpdate(device, data), false, nil
 }
 
 // isUplinkShape reports whether m looks like our own {"device":{...}}
@@ -363,12 +382,12 @@ func (g *Gateway) onSelfAttributeUpdate(payload []byte) {
 		g.malformed(topicSelfAttributes, payload, err)
 		return
 	}
-	g.deliverUpdate("", m)
+	g.deliverUpdate(splitUpdate("", m))
 }
 
-// deliverUpdate splits data into changed and deleted attributes and queues
-// the handler call.
-func (g *Gateway) deliverUpdate(device string, data map[string]any) {
+// splitUpdate separates changed and deleted ({"deleted":[...]})
+// attributes.
+func splitUpdate(device string, data map[string]any) AttributeUpdate {
 	u := AttributeUpdate{Device: device}
 	if del, ok := data[attributeUpdateDeletedField].([]any); ok {
 		names := make([]string, 0, len(del))
@@ -385,6 +404,12 @@ func (g *Gateway) deliverUpdate(device string, data map[string]any) {
 	if len(data) > 0 {
 		u.Values = data
 	}
+	return u
+}
+
+// deliverUpdate queues the handler call.
+func (g *Gateway) deliverUpdate(u AttributeUpdate) {
+	device := u.Device
 	g.mu.RLock()
 	h := g.attrH.perDevice[device]
 	if h == nil && device != "" {

@@ -146,57 +146,76 @@ type rpcKey struct {
 // {"device":D,"data":{"id":N,"method":M,"params":P}}; our own replies,
 // which a plain broker hands back, carry a top-level "id" and are ignored.
 func (g *Gateway) onRPCRequest(payload []byte) {
+	req, echo, err := decodeRPCRequest(payload)
+	switch {
+	case echo:
+		g.stats.echoes.Add(1)
+	case err != nil:
+		g.malformed(topicGatewayRPC, payload, err)
+	default:
+		g.dispatchRPC(req)
+	}
+}
+
+// decodeRPCRequest parses {"device":D,"data":{"id":N,"method":M,"params":P}}.
+// echo reports our own reply shape, which has a top-level "id".
+func decodeRPCRequest(payload []byte) (req *RPCRequest, echo bool, err error) {
 	var msg struct {
 		Device *string          `json:"device"`
 		ID     json.RawMessage  `json:"id"`
 		Data   *json.RawMessage `json:"data"`
 	}
 	if err := json.Unmarshal(payload, &msg); err != nil {
-		g.malformed(topicGatewayRPC, payload, err)
-		return
+		return nil, false, err
 	}
 	if msg.ID != nil {
-		g.stats.echoes.Add(1)
-		return
+		return nil, true, nil
 	}
 	if msg.Device == nil || *msg.Device == "" || msg.Data == nil {
-		g.malformed(topicGatewayRPC, payload, errors.New("missing device or data"))
-		return
+		return nil, false, errors.New("missing device or data")
 	}
 	var data struct {
 		ID     *int            `json:"id"`
 		Method string          `json:"method"`
 		Params json.RawMessage `json:"params"`
 	}
-	if err := json.Unmarshal(*msg.Data, &data); err != nil || data.ID == nil || data.Method == "" {
-		if err == nil {
-			err = errors.New("data without id or method")
-		}
-		g.malformed(topicGatewayRPC, payload, err)
-		return
+	if err := json.Unmarshal(*msg.Data, &data); err != nil {
+		return nil, false, err
 	}
-	g.dispatchRPC(&RPCRequest{Device: *msg.Device, ID: *data.ID, Method: data.Method, Params: data.Params})
+	if data.ID == nil || data.Method == "" {
+		return nil, false, errors.New("data without id or method")
+	}
+	return &RPCRequest{Device: *msg.Device, ID: *data.ID, Method: data.Method, Params: data.Params}, false, nil
 }
 
-// onSelfRPCRequest handles v1/devices/me/rpc/request/{id}:
-// {"method":M,"params":P}.
+// onSelfRPCRequest handles v1/devices/me/rpc/request/{id}.
 func (g *Gateway) onSelfRPCRequest(idText string, payload []byte) {
-	id, err := strconv.Atoi(idText)
-	var data struct {
-		Method string          `json:"method"`
-		Params json.RawMessage `json:"params"`
-	}
-	if err == nil {
-		err = json.Unmarshal(payload, &data)
-	}
-	if err == nil && data.Method == "" {
-		err = errors.New("no method")
-	}
+	req, err := decodeSelfRPCRequest(idText, payload)
 	if err != nil {
 		g.malformed(topicSelfRPCRequestPrefix+idText, payload, err)
 		return
 	}
-	g.dispatchRPC(&RPCRequest{ID: id, Method: data.Method, Params: data.Params})
+	g.dispatchRPC(req)
+}
+
+// decodeSelfRPCRequest parses {"method":M,"params":P} with the id from
+// the topic.
+func decodeSelfRPCRequest(idText string, payload []byte) (*RPCRequest, error) {
+	id, err := strconv.Atoi(idText)
+	if err != nil {
+		return nil, err
+	}
+	var data struct {
+		Method string          `json:"method"`
+		Params json.RawMessage `json:"params"`
+	}
+	if err := json.Unmarshal(payload, &data); err != nil {
+		return nil, err
+	}
+	if data.Method == "" {
+		return nil, errors.New("no method")
+	}
+	return &RPCRequest{ID: id, Method: data.Method, Params: data.Params}, nil
 }
 
 // dispatchRPC queues the handler call. A request whose (device, id) is
@@ -313,14 +332,23 @@ func (s *GatewayDevice) Call(ctx context.Context, method string, params any) (js
 	if err != nil {
 		return nil, fmt.Errorf("tbgateway: rpc %q: %w", method, err)
 	}
-	var e struct {
-		Error *string `json:"error"`
-	}
-	var m map[string]json.RawMessage
-	if json.Unmarshal(reply, &m) == nil && len(m) == 1 && json.Unmarshal(reply, &e) == nil && e.Error != nil {
-		return nil, &RPCError{Method: method, Message: *e.Error}
+	if msg, ok := rpcErrorOf(reply); ok {
+		return nil, &RPCError{Method: method, Message: msg}
 	}
 	return reply, nil
+}
+
+// rpcErrorOf recognises a reply that is only {"error":"message"}.
+func rpcErrorOf(reply []byte) (string, bool) {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(reply, &m) != nil || len(m) != 1 {
+		return "", false
+	}
+	var msg string
+	if raw, ok := m["error"]; !ok || json.Unmarshal(raw, &msg) != nil {
+		return "", false
+	}
+	return msg, true
 }
 
 // encodeCall builds a client-side RPC request: {"method":M,"params":P}.
@@ -337,9 +365,7 @@ func encodeCall(method string, params any) ([]byte, error) {
 			return nil, valueError("", "params", err)
 		}
 	}
-	b = append(b, '}')
-
-	return b, nil
+	return append(b, '}'), nil
 }
 
 func (g *Gateway) onSelfRPCResponse(idText string, payload []byte) {
