@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/thingsgate/tbgateway/internal/jsonx"
+	"github.com/thingsgate/tbgateway/internal/outbox"
 	"github.com/thingsgate/tbgateway/internal/pending"
 )
 
@@ -22,40 +23,59 @@ const (
 // that carries attributes of several devices.
 type Attributes map[string]Values
 
-// PublishAttributes sends client-side attributes of several devices in one
-// v1/gateway/attributes message. Value rules, blocking and offline
-// behaviour are those of Gateway.PublishTelemetry.
+// PublishAttributes sends client-side attributes of several devices on
+// v1/gateway/attributes. Value rules, splitting, coalescing, blocking and
+// offline behaviour are those of Gateway.PublishTelemetry.
 func (g *Gateway) PublishAttributes(ctx context.Context, a Attributes) error {
-	e := getEncoder()
-	defer e.release()
-	if err := e.gatewayAttributes(a); err != nil {
+	recs, err := g.attributeRecords(a)
+	if err != nil {
 		return err
 	}
-	return g.publish(ctx, topicGatewayAttributes, e.payload())
+	return g.send(ctx, recs)
 }
 
-// gatewayAttributes writes {"device":{...},...}.
-func (e *encoder) gatewayAttributes(a Attributes) error {
+// PublishAttributesAsync queues attributes without waiting for the
+// acknowledgement; see Gateway.PublishTelemetryAsync.
+func (g *Gateway) PublishAttributesAsync(ctx context.Context, a Attributes, done func(error)) error {
+	recs, err := g.attributeRecords(a)
+	if err != nil {
+		return err
+	}
+	return g.enqueue(ctx, recs, done)
+}
+
+func (g *Gateway) attributeRecords(a Attributes) ([]*outbox.Record, error) {
+	e := getEncoder()
+	defer e.release()
+	return e.attributeRecords(a, g.limit())
+}
+
+// attributeRecords encodes a as one record per device, or more where a
+// device's attributes do not fit in one message.
+func (e *encoder) attributeRecords(a Attributes, lim sizeLimit) ([]*outbox.Record, error) {
 	if len(a) == 0 {
-		return fmt.Errorf("%w: no device", ErrNoData)
+		return nil, fmt.Errorf("%w: no device", ErrNoData)
 	}
 	e.names = sortedNames(e.names, a)
-	e.buf = append(e.buf, '{')
-	for i, name := range e.names {
+	recs := make([]*outbox.Record, 0, len(e.names))
+	for _, name := range e.names {
 		if err := checkDeviceName(name); err != nil {
-			return err
+			return nil, err
 		}
-		if i > 0 {
-			e.buf = append(e.buf, ',')
+		e.buf, e.items = e.buf[:0], e.items[:0]
+		if err := e.members(name, a[name], true); err != nil {
+			return nil, err
 		}
-		e.buf = jsonx.AppendString(e.buf, name)
-		e.buf = append(e.buf, ':')
-		if err := e.values(name, a[name]); err != nil {
-			return err
+		var err error
+		if recs, err = e.split(recs, outbox.Attributes, name, lim); err != nil {
+			return nil, err
 		}
 	}
-	e.buf = append(e.buf, '}')
-	return nil
+	return recs, nil
+}
+
+func (e *encoder) gatewayAttributes(a Attributes) error {
+	return e.pack(e.attributeRecords(a, unlimited))
 }
 
 // PublishAttributes sends this device's client-side attributes; see
@@ -72,7 +92,7 @@ func (s *GatewayDevice) PublishAttributes(ctx context.Context, v Values) error {
 	if err := e.values("", v); err != nil {
 		return err
 	}
-	return s.g.publish(ctx, topicSelfAttributes, e.payload())
+	return s.g.publish(ctx, &outbox.Record{Topic: topicSelfAttributes, Body: e.payload(), Points: len(v)})
 }
 
 // AttributeKeys names the attributes to request, by scope.
@@ -164,7 +184,7 @@ func (g *Gateway) RequestAttributes(ctx context.Context, device string, keys Att
 		} else {
 			payload = encodeAttrRequest(key.id, device, sc.client, sc.keys)
 		}
-		if err := g.publish(ctx, topicGatewayAttrRequest, payload); err != nil {
+		if err := g.publish(ctx, &outbox.Record{Topic: topicGatewayAttrRequest, Body: payload, DeviceName: device}); err != nil {
 			return out, err
 		}
 	}
@@ -446,7 +466,7 @@ func (s *GatewayDevice) RequestAttributes(ctx context.Context, keys AttributeKey
 	defer g.selfAttrs.Remove(id)
 	b := encodeSelfAttrRequest(keys)
 	topic := topicSelfAttrRequestPrefix + strconv.Itoa(int(id))
-	if err := g.publish(ctx, topic, b); err != nil {
+	if err := g.publish(ctx, &outbox.Record{Topic: topic, Body: b}); err != nil {
 		return out, err
 	}
 	raw, err := await(ctx, g, ch, func() { g.selfAttrs.Remove(id) })

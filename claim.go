@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/thingsgate/tbgateway/internal/jsonx"
+	"github.com/thingsgate/tbgateway/internal/outbox"
 )
 
 const topicGatewayClaim = "v1/gateway/claim"
@@ -30,7 +31,7 @@ func (g *Gateway) Claim(ctx context.Context, claims map[string]ClaimRequest) err
 	if err := e.claims(claims); err != nil {
 		return err
 	}
-	return g.publish(ctx, topicGatewayClaim, e.payload())
+	return g.publish(ctx, &outbox.Record{Topic: topicGatewayClaim, Body: e.payload()})
 }
 
 // claims writes {"device":{"secretKey":..,"durationMs":..},...}.
@@ -70,7 +71,7 @@ func (s *GatewayDevice) Claim(ctx context.Context, c ClaimRequest) error {
 	if err != nil {
 		return err
 	}
-	return s.g.publish(ctx, topicSelfClaim, b)
+	return s.g.publish(ctx, &outbox.Record{Topic: topicSelfClaim, Body: b})
 }
 
 // appendClaim writes {"secretKey":..,"durationMs":..}, leaving out members

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/thingsgate/tbgateway/internal/jsonx"
+	"github.com/thingsgate/tbgateway/internal/outbox"
 )
 
 const (
@@ -45,11 +46,11 @@ func WithDeviceProfile(profile string) ConnectOption {
 }
 
 // Connect announces a device behind the gateway on v1/gateway/connect
-// (ThingsBoard creates it if needed) and returns its handle. It blocks until
-// the server's PUBACK at QoS 1. The gateway remembers the device and its
-// profile, announces it again after every reconnect, and routes its RPCs
-// and attribute updates to the handlers registered for it. While the
-// connection is down it returns ErrNotConnected.
+// (ThingsBoard creates it if needed) and returns its handle. It goes
+// through the outbound queue, ahead of data queued after it, and blocks
+// like Gateway.PublishTelemetry. Once the server acknowledged it, the
+// gateway remembers the device and its profile and announces it again
+// after every reconnect before any queued data.
 func (g *Gateway) Connect(ctx context.Context, name string, opts ...ConnectOption) (*Device, error) {
 	var c connectConfig
 	for _, o := range opts {
@@ -58,12 +59,10 @@ func (g *Gateway) Connect(ctx context.Context, name string, opts ...ConnectOptio
 	if err := checkDeviceName(name); err != nil {
 		return nil, err
 	}
-	if err := g.publish(ctx, topicGatewayConnect, encodeConnect(name, c.profile)); err != nil {
+	r := &outbox.Record{Topic: topicGatewayConnect, Body: encodeConnect(name, c.profile), DeviceName: name, Note: c.profile}
+	if err := g.publish(ctx, r); err != nil {
 		return nil, err
 	}
-	g.mu.Lock()
-	g.devices[name] = c.profile
-	g.mu.Unlock()
 	return &Device{g: g, name: name}, nil
 }
 
@@ -84,13 +83,7 @@ func (g *Gateway) Disconnect(ctx context.Context, name string) error {
 	e.buf = append(e.buf, `{"device":`...)
 	e.buf = jsonx.AppendString(e.buf, name)
 	e.buf = append(e.buf, '}')
-	if err := g.publish(ctx, topicGatewayDisconnect, e.payload()); err != nil {
-		return err
-	}
-	g.mu.Lock()
-	delete(g.devices, name)
-	g.mu.Unlock()
-	return nil
+	return g.publish(ctx, &outbox.Record{Topic: topicGatewayDisconnect, Body: e.payload(), DeviceName: name})
 }
 
 // Disconnect is Gateway.Disconnect for this device.

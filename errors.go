@@ -11,9 +11,6 @@ import (
 var (
 	// ErrClosed is returned by every call made after Close.
 	ErrClosed = errors.New("tbgateway: gateway closed")
-	// ErrNotConnected is returned by a publish while the MQTT connection is
-	// down; nothing was sent.
-	ErrNotConnected = errors.New("tbgateway: not connected")
 	// ErrConnectionLost fails calls that were waiting for a reply (attribute
 	// requests, Call) when the connection dropped; the request may or may
 	// not have reached the server.
@@ -39,6 +36,19 @@ var (
 	// payload size (see WithMaxPayloadSize); ThingsBoard would close the
 	// connection, so it is not sent.
 	ErrPayloadTooLarge = errors.New("tbgateway: payload too large")
+	// ErrQueueFull: the outbound queue is full and the overflow policy is
+	// FailFast (or the call alone is larger than the queue).
+	ErrQueueFull = errors.New("tbgateway: outbound queue full")
+	// ErrEnqueued is wrapped by the error of a publish whose context ended
+	// before the acknowledgement: the data is still queued and will be sent,
+	// so retrying would duplicate it.
+	ErrEnqueued = errors.New("tbgateway: enqueued")
+	// ErrDropped: the data was evicted from a full queue by the DropOldest
+	// policy before it could be sent.
+	ErrDropped = errors.New("tbgateway: dropped from a full queue")
+	// ErrPoisonMessage: the server closed the connection every time the
+	// message was sent, so it was set aside (see Gateway.PoisonMessages).
+	ErrPoisonMessage = errors.New("tbgateway: message set aside as poison")
 	// ErrInvalidOption: an Option was given a value it cannot take.
 	ErrInvalidOption = errors.New("tbgateway: invalid option")
 	// ErrMalformedReply: the server's answer could not be decoded.

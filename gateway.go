@@ -27,6 +27,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/thingsgate/tbgateway/internal/dispatch"
+	"github.com/thingsgate/tbgateway/internal/outbox"
 	"github.com/thingsgate/tbgateway/internal/pending"
 )
 
@@ -66,12 +67,26 @@ type Gateway struct {
 	done   chan struct{} // closed by Close
 	once   sync.Once
 
-	ready     chan struct{} // closed when the first session is subscribed
-	readyOnce sync.Once
-	connects  atomic.Int64
+	updates   *dispatch.Lane // attribute-update handlers, in order
+	rpcs      *dispatch.Lane // RPC handlers
+	callbacks *dispatch.Lane // async publish callbacks and connection events
 
-	updates *dispatch.Lane // attribute-update handlers, in order
-	rpcs    *dispatch.Lane // RPC handlers
+	// The outbound path: every message is queued, packed by the sender
+	// goroutine and tracked until its PUBACK.
+	queue      *outbox.Queue
+	tracker    *outbox.Tracker
+	durable    *outbox.BoltStore // nil without WithDurableQueue
+	acked      chan struct{}     // a PUBACK freed room in the in-flight window
+	senderDone chan struct{}
+	qos0       chan *outbox.Message
+
+	state     sync.Mutex
+	ready     chan struct{} // closed while connected, subscribed and announced
+	firstUp   chan struct{} // closed when the first session is ready
+	upOnce    sync.Once
+	connects  int
+	upSince   time.Time
+	lastError error
 
 	mu      sync.RWMutex
 	devices map[string]string // connected device -> profile
@@ -84,9 +99,10 @@ type Gateway struct {
 	selfAttrs pending.Table[int32, []byte]
 	calls     pending.Table[int32, []byte]
 
-	echo  echoFilter
-	stats counters
-	self  GatewayDevice
+	poisoned []PoisonMessage
+	echo     echoFilter
+	stats    counters
+	self     GatewayDevice
 }
 
 // Dial opens the MQTT connection to broker (tcp://, mqtt://, ssl://,
@@ -115,12 +131,15 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 		o.clientID = randomClientID()
 	}
 	g := &Gateway{
-		opts:    o,
-		log:     o.logger,
-		done:    make(chan struct{}),
-		ready:   make(chan struct{}),
-		devices: make(map[string]string),
-		running: make(map[rpcKey]struct{}),
+		opts:       o,
+		log:        o.logger,
+		done:       make(chan struct{}),
+		ready:      make(chan struct{}),
+		firstUp:    make(chan struct{}),
+		devices:    make(map[string]string),
+		running:    make(map[rpcKey]struct{}),
+		acked:      make(chan struct{}, 1),
+		senderDone: make(chan struct{}),
 	}
 	g.self.g = g
 	g.ctx, g.cancel = context.WithCancel(context.Background())
@@ -130,6 +149,28 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 	}
 	g.updates = dispatch.NewLane(1, o.handlerQueue, onPanic)
 	g.rpcs = dispatch.NewLane(o.rpcWorkers, o.handlerQueue, onPanic)
+	g.callbacks = dispatch.NewLane(1, 1<<16, onPanic)
+	g.queue = outbox.NewQueue(o.queueMsgs, o.queueBytes, o.overflow, g.onDrop)
+	g.tracker = outbox.NewTracker(g.onAck)
+	if o.qos == 0 {
+		g.qos0 = make(chan *outbox.Message, o.maxInflight)
+	}
+	if o.durablePath != "" {
+		st, recs, err := outbox.OpenBolt(o.durablePath)
+		if err != nil {
+			return nil, fmt.Errorf("tbgateway: durable queue: %w", err)
+		}
+		g.durable = st
+		if len(recs) > 0 {
+			// Data accepted before a restart goes first.
+			if err := g.queue.Put(ctx, recs, true); err != nil {
+				_ = st.Close()
+				return nil, fmt.Errorf("tbgateway: durable queue: %w", err)
+			}
+			g.stats.restored.Add(uint64(len(recs)))
+			g.log.Info("tbgateway: restored queued messages from disk", "records", len(recs))
+		}
+	}
 
 	po := mqtt.NewClientOptions().
 		AddBroker(broker).
@@ -144,9 +185,14 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 		SetMaxReconnectInterval(o.maxReconnectDelay).
 		SetCleanSession(true).
 		SetOrderMatters(true).
+		// The tracker learns of every PUBACK. The in-flight window bounds
+		// what paho re-sends after a reconnect; its own
+		// SetMaxResumePubInFlight is left off because it races in paho 1.5.
+		SetStore(g.tracker).
 		SetDefaultPublishHandler(g.onMessage).
 		SetOnConnectHandler(g.onConnect).
-		SetConnectionLostHandler(g.onConnectionLost)
+		SetConnectionLostHandler(g.onConnectionLost).
+		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { g.event(ConnectionEvent{State: Reconnecting}) })
 	if t := o.tls(); t != nil {
 		po.SetTLSConfig(t)
 	}
@@ -158,6 +204,9 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 	fail := func(err error) (*Gateway, error) {
 		g.client.Disconnect(0)
 		g.shutdown()
+		if g.durable != nil {
+			_ = g.durable.Close()
+		}
 		return nil, err
 	}
 	tok := g.client.Connect()
@@ -173,41 +222,66 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 		return fail(fmt.Errorf("tbgateway: dial %s: %w", u.Redacted(), err))
 	}
 	select {
-	case <-g.ready:
+	case <-g.firstUp:
 	case <-ctx.Done():
 		return fail(fmt.Errorf("tbgateway: dial %s: %w", u.Redacted(), ctx.Err()))
+	}
+	go g.sendLoop()
+	if g.qos0 != nil {
+		go g.qos0Loop()
 	}
 	g.log.Info("tbgateway: connected", "broker", u.Redacted(), "client_id", o.clientID)
 	return g, nil
 }
 
-// Close ends the session: handlers are told to stop through their
-// contexts, pending requests fail with ErrClosed, and the MQTT connection is
-// closed cleanly. It waits for running handlers until ctx ends. Every call
-// made after Close returns ErrClosed. Close is idempotent.
+// Close ends the session. While connected it first waits, until ctx ends,
+// for queued data to be sent and acknowledged; then handlers are told to
+// stop through their contexts, pending requests fail with ErrClosed, and the
+// MQTT connection is closed cleanly. Data still queued then fails with
+// ErrClosed, or stays on disk with WithDurableQueue. It waits for running
+// handlers until ctx ends. Every call made after Close returns ErrClosed.
+// Close is idempotent.
 func (g *Gateway) Close(ctx context.Context) error {
 	first := false
-	g.once.Do(func() {
-		first = true
-		close(g.done)
-	})
+	g.once.Do(func() { first = true })
 	if !first {
 		return nil
 	}
+	g.flush(ctx)
+	close(g.done)
+	<-g.senderDone
 	g.client.Disconnect(250)
 	g.shutdown()
-	select {
-	case <-g.updates.Done():
-	case <-ctx.Done():
-		return ctx.Err()
+	var err error
+	for _, l := range []*dispatch.Lane{g.updates, g.rpcs, g.callbacks} {
+		select {
+		case <-l.Done():
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
 	}
-	select {
-	case <-g.rpcs.Done():
-	case <-ctx.Done():
-		return ctx.Err()
+	if g.durable != nil {
+		if cerr := g.durable.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
 	}
 	g.log.Info("tbgateway: closed")
-	return nil
+	return err
+}
+
+// flush waits while connected until nothing is queued or in flight.
+func (g *Gateway) flush(ctx context.Context) {
+	for g.Connected() {
+		n, _ := g.queue.Len()
+		if n == 0 && g.tracker.Count() == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 func (g *Gateway) shutdown() {
@@ -215,6 +289,20 @@ func (g *Gateway) shutdown() {
 	g.updates.Close()
 	g.rpcs.Close()
 	g.failPending(ErrClosed)
+	// Without a durable store, what is still queued or in flight is lost
+	// with the process: say so to whoever waits.
+	rest := g.queue.Close()
+	if g.tracker != nil {
+		for _, m := range g.tracker.InFlight() {
+			rest = append(rest, m.Records...)
+		}
+	}
+	for _, r := range rest {
+		if r.Waiter != nil {
+			r.Waiter.Fail(ErrClosed)
+		}
+	}
+	g.callbacks.Close()
 }
 
 func (g *Gateway) closed() bool {
@@ -229,14 +317,69 @@ func (g *Gateway) closed() bool {
 // Connected reports whether the MQTT connection is up right now.
 func (g *Gateway) Connected() bool { return !g.closed() && g.client.IsConnectionOpen() }
 
+// ConnectionState is a state of the gateway's connection.
+type ConnectionState int
+
+// Connection states reported to WithConnectionListener.
+const (
+	// Up: connected, subscribed and every device announced again; queued
+	// data flows.
+	Up ConnectionState = iota + 1
+	// Down: the connection was lost; data is queued meanwhile.
+	Down
+	// Reconnecting: an attempt to reconnect is starting.
+	Reconnecting
+)
+
+// String returns the state's name.
+func (s ConnectionState) String() string {
+	switch s {
+	case Up:
+		return "up"
+	case Down:
+		return "down"
+	case Reconnecting:
+		return "reconnecting"
+	}
+	return "unknown"
+}
+
+// ConnectionEvent is a change of the connection's state.
+type ConnectionEvent struct {
+	State ConnectionState
+	Err   error // why the connection went down
+}
+
+// event tells the application's listener, in order, off paho's goroutines.
+func (g *Gateway) event(e ConnectionEvent) {
+	if f := g.opts.onConnection; f != nil {
+		g.callbacks.Submit(func() { f(e) })
+	}
+}
+
+// onConnect runs the reconnect state machine on every (re)connect, in a
+// goroutine of paho's: subscribe, announce every known device again
+// (ThingsBoard forgot their sessions with the connection), and only then
+// release the queued data, so that no device's data reaches the server
+// before its connect. Messages that were in flight when the connection
+// dropped are re-sent by paho first, with their packet ids; they were
+// announced already.
 func (g *Gateway) onConnect(c mqtt.Client) {
 	if g.closed() {
 		return
 	}
-	n := g.connects.Add(1)
+	g.state.Lock()
+	g.connects++
+	n := g.connects
+	g.upSince = time.Now()
+	g.state.Unlock()
+	for _, m := range g.tracker.InFlight() {
+		m.SentAt = time.Now() // paho re-sends them now
+	}
 	if n > 1 {
 		g.stats.reconnects.Add(1)
-		g.log.Info("tbgateway: reconnected", "connects", n)
+		g.stats.resent.Add(uint64(g.tracker.Count()))
+		g.log.Info("tbgateway: reconnected", "connects", n, "in_flight", g.tracker.Count())
 	}
 	filters := make(map[string]byte, len(subscriptions))
 	for _, f := range subscriptions {
@@ -248,42 +391,71 @@ func (g *Gateway) onConnect(c mqtt.Client) {
 	} else if err := tok.Error(); err != nil {
 		g.log.Warn("tbgateway: subscribe failed", "err", err)
 	}
-	if n > 1 {
-		g.reannounce()
+	if n > 1 && !g.reannounce(c) {
+		return // the connection dropped again; the next onConnect starts over
 	}
-	g.readyOnce.Do(func() { close(g.ready) })
+	g.state.Lock()
+	if g.connects == n && c.IsConnectionOpen() {
+		close(g.ready)
+	}
+	g.state.Unlock()
+	g.upOnce.Do(func() { close(g.firstUp) })
+	g.event(ConnectionEvent{State: Up})
 }
 
-// reannounce sends v1/gateway/connect again for every connected device:
-// ThingsBoard forgets all sub-device sessions with the connection, and a
-// device it does not know of gets no RPC or attribute updates.
-func (g *Gateway) reannounce() {
+// reannounce sends v1/gateway/connect again for every connected device,
+// a few at a time, each confirmed by its PUBACK and retried. It bypasses
+// the queue, which stays held until it is done. It reports false when the
+// connection is gone.
+func (g *Gateway) reannounce(c mqtt.Client) bool {
 	g.mu.RLock()
 	devs := make(map[string]string, len(g.devices))
 	for d, p := range g.devices {
 		devs[d] = p
 	}
 	g.mu.RUnlock()
-	sem := make(chan struct{}, 8)
+	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
+	var failed atomic.Int64
 	for name, profile := range devs {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			ctx, cancel := context.WithTimeout(g.ctx, g.opts.requestTimeout)
-			defer cancel()
-			if err := g.publish(ctx, topicGatewayConnect, encodeConnect(name, profile)); err != nil {
-				g.log.Warn("tbgateway: re-announcing device failed", "device", name, "err", err)
+			payload := encodeConnect(name, profile)
+			for attempt := 0; attempt < 3; attempt++ {
+				if !c.IsConnectionOpen() || g.closed() {
+					failed.Add(1)
+					return
+				}
+				tok := c.Publish(topicGatewayConnect, g.opts.qos, false, payload)
+				if tok.WaitTimeout(g.opts.requestTimeout) && tok.Error() == nil {
+					g.stats.announced.Add(1)
+					return
+				}
 			}
+			failed.Add(1)
+			g.log.Warn("tbgateway: re-announcing device failed", "device", name)
 		}()
 	}
 	wg.Wait()
+	return c.IsConnectionOpen() && !g.closed()
 }
 
 func (g *Gateway) onConnectionLost(_ mqtt.Client, err error) {
 	g.log.Warn("tbgateway: connection lost", "err", err)
+	g.state.Lock()
+	select {
+	case <-g.ready:
+		g.ready = make(chan struct{})
+	default:
+	}
+	upFor := time.Since(g.upSince)
+	g.lastError = err
+	g.state.Unlock()
 	g.failPending(ErrConnectionLost)
+	g.checkPoison(upFor)
+	g.event(ConnectionEvent{State: Down, Err: err})
 }
 
 func (g *Gateway) failPending(err error) {
@@ -292,51 +464,332 @@ func (g *Gateway) failPending(err error) {
 	g.calls.FailAll(err)
 }
 
-// publish is the one outbound path: every message the SDK sends goes
-// through it. It checks the size limit as ThingsBoard counts it, then waits
-// for the PUBACK (QoS 1) or the write (QoS 0).
-func (g *Gateway) publish(ctx context.Context, topic string, payload []byte) error {
-	if g.closed() {
-		return ErrClosed
+// PoisonMessage is a message set aside because the server dropped the
+// connection every time it was sent.
+type PoisonMessage struct {
+	Topic   string
+	Payload []byte
+	Drops   int
+}
+
+// poisonWindow: a drop counts against the oldest message in flight only if
+// it came this soon after the message was (re)sent, as when the server
+// closes the connection on reading it.
+const poisonWindow = 5 * time.Second
+
+// checkPoison runs on every connection loss. The server processes a
+// connection's messages in order and closes it on the first one it
+// rejects, so the suspect is the oldest message in flight. When it was
+// (re)sent shortly before each of several consecutive drops, it is set
+// aside (paho will not send it again), its callers get ErrPoisonMessage,
+// and the rest of the queue carries on.
+func (g *Gateway) checkPoison(upFor time.Duration) {
+	if g.opts.poisonThreshold <= 0 {
+		return
 	}
-	if n := remainingLength(topic, len(payload), g.opts.qos); n > g.opts.maxPayloadSize {
-		return &PayloadTooLargeError{Topic: topic, Size: n, Limit: g.opts.maxPayloadSize}
+	inflight := g.tracker.InFlight()
+	if len(inflight) == 0 {
+		return
 	}
-	if !g.client.IsConnectionOpen() {
-		return ErrNotConnected
+	m := inflight[0]
+	if m.SentAt.IsZero() || time.Since(m.SentAt) > poisonWindow || upFor > poisonWindow {
+		m.Drops = 0
+		return
 	}
-	if strings.HasPrefix(topic, "v1/devices/me/") {
-		g.echo.add(topic, payload)
+	m.Drops++
+	if m.Drops < g.opts.poisonThreshold {
+		return
 	}
-	g.log.Debug("tbgateway: publish", "topic", topic, "payload", string(payload))
-	tok := g.client.Publish(topic, g.opts.qos, false, payload)
-	g.stats.published.Add(1)
-	select {
-	case <-tok.Done():
-		if err := tok.Error(); err != nil {
-			g.stats.publishErrors.Add(1)
-			if errors.Is(err, mqtt.ErrNotConnected) {
-				return ErrNotConnected
-			}
-			return fmt.Errorf("tbgateway: publish %s: %w", topic, err)
+	g.tracker.Hold(m)
+	g.stats.poisoned.Add(1)
+	g.log.Error("tbgateway: message set aside: the server closed the connection each time it was sent",
+		"topic", m.Topic, "bytes", len(m.Payload), "drops", m.Drops)
+	g.mu.Lock()
+	if len(g.poisoned) < 100 {
+		g.poisoned = append(g.poisoned, PoisonMessage{Topic: m.Topic, Payload: m.Payload, Drops: m.Drops})
+	}
+	g.mu.Unlock()
+	if g.durable != nil {
+		g.durable.SetAside(m.Records)
+	}
+	for _, r := range m.Records {
+		if r.Waiter != nil {
+			r.Waiter.Fail(fmt.Errorf("%w: %s message of %d bytes", ErrPoisonMessage, m.Topic, len(m.Payload)))
 		}
-		g.stats.acked.Add(1)
-		return nil
+	}
+	g.wake()
+}
+
+// PoisonMessages returns the messages set aside since Dial (at most 100).
+func (g *Gateway) PoisonMessages() []PoisonMessage {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return append([]PoisonMessage(nil), g.poisoned...)
+}
+
+// publish sends one whole message through the queue and waits for its
+// acknowledgement; see send.
+func (g *Gateway) publish(ctx context.Context, r *outbox.Record) error {
+	if n := outbox.Overhead(r.Topic, g.opts.qos) + len(r.Body); n > g.opts.maxPayloadSize {
+		return &PayloadTooLargeError{Topic: r.Topic, Size: n, Limit: g.opts.maxPayloadSize}
+	}
+	return g.send(ctx, []*outbox.Record{r})
+}
+
+// send is the one outbound path: it queues the records of one call and
+// waits until the server acknowledged all of them (QoS 1; written, at QoS 0)
+// or ctx ends. A ctx without deadline gets the request timeout. If it ends
+// first, the data stays queued and the error wraps ErrEnqueued.
+func (g *Gateway) send(ctx context.Context, recs []*outbox.Record) error {
+	w := outbox.NewWaiter(len(recs), nil)
+	if err := g.put(ctx, recs, w); err != nil {
+		return err
+	}
+	ctx, cancel := g.requestContext(ctx)
+	defer cancel()
+	select {
+	case <-w.Done():
+		return w.Err()
 	case <-ctx.Done():
-		return fmt.Errorf("tbgateway: publish %s: %w", topic, ctx.Err())
+		return fmt.Errorf("%w: not yet acknowledged: %w", ErrEnqueued, ctx.Err())
 	case <-g.done:
-		return ErrClosed
+		select {
+		case <-w.Done():
+			return w.Err()
+		case <-time.After(time.Second):
+			return ErrClosed
+		}
 	}
 }
 
-// remainingLength is the MQTT remaining length of a PUBLISH, which is what
-// ThingsBoard compares with its maximum payload size.
-func remainingLength(topic string, payload int, qos byte) int {
-	n := 2 + len(topic) + payload
-	if qos > 0 {
-		n += 2
+// enqueue queues the records of one call without waiting for the
+// acknowledgement; done, if set, gets the outcome on the callback lane.
+func (g *Gateway) enqueue(ctx context.Context, recs []*outbox.Record, done func(error)) error {
+	var cb func(error)
+	if done != nil {
+		cb = func(err error) {
+			if !g.callbacks.Submit(func() { done(err) }) {
+				go done(err) // the lane is full or closed: never lose an outcome
+			}
+		}
 	}
-	return n
+	return g.put(ctx, recs, outbox.NewWaiter(len(recs), cb))
+}
+
+// put accepts records into the queue (and the durable store), applying the
+// overflow policy.
+func (g *Gateway) put(ctx context.Context, recs []*outbox.Record, w *outbox.Waiter) error {
+	if g.closed() {
+		return ErrClosed
+	}
+	for _, r := range recs {
+		r.Waiter = w
+	}
+	if g.durable != nil {
+		if err := g.durable.Append(recs); err != nil {
+			return fmt.Errorf("tbgateway: durable queue: %w", err)
+		}
+	}
+	err := g.queue.Put(ctx, recs, false)
+	if err != nil && g.durable != nil {
+		g.durable.Remove(recs)
+	}
+	switch {
+	case err == nil:
+		g.stats.accepted.Add(uint64(len(recs)))
+		return nil
+	case errors.Is(err, outbox.ErrFull):
+		g.stats.refused.Add(1)
+		return ErrQueueFull
+	case errors.Is(err, outbox.ErrTooBig):
+		return fmt.Errorf("%w: the call alone exceeds the queue bounds", ErrQueueFull)
+	case errors.Is(err, outbox.ErrClosed):
+		return ErrClosed
+	}
+	return fmt.Errorf("tbgateway: waiting for room in the queue: %w", err)
+}
+
+// onDrop is told of records evicted by the DropOldest policy.
+func (g *Gateway) onDrop(r *outbox.Record) {
+	g.stats.droppedOverflow.Add(1)
+	if g.durable != nil {
+		g.durable.Remove([]*outbox.Record{r})
+	}
+	if r.Waiter != nil {
+		r.Waiter.Fail(ErrDropped)
+	}
+}
+
+func (g *Gateway) limit() sizeLimit {
+	return sizeLimit{max: g.opts.maxPayloadSize, qos: g.opts.qos}
+}
+
+func (g *Gateway) readyChan() <-chan struct{} {
+	g.state.Lock()
+	defer g.state.Unlock()
+	return g.ready
+}
+
+func (g *Gateway) wake() {
+	select {
+	case g.acked <- struct{}{}:
+	default:
+	}
+}
+
+// sendLoop is the sender goroutine: while the connection is ready and the
+// in-flight window has room, it packs the head of the queue into one
+// message and hands it to paho.
+func (g *Gateway) sendLoop() {
+	defer close(g.senderDone)
+	var lingerHead *outbox.Record
+	var lingerUntil time.Time
+	for {
+		select {
+		case <-g.readyChan():
+		case <-g.done:
+			return
+		}
+		if g.tracker.Count() >= g.opts.maxInflight {
+			select {
+			case <-g.acked:
+			case <-g.done:
+				return
+			case <-time.After(100 * time.Millisecond): // re-check readiness
+			}
+			continue
+		}
+		recs, changed := g.queue.Peek(4096)
+		if len(recs) == 0 {
+			select {
+			case <-changed:
+			case <-g.done:
+				return
+			}
+			continue
+		}
+		msg, n := outbox.Pack(recs, g.opts.maxPayloadSize, g.opts.qos, g.opts.coalesce)
+		// Linger: give other calls a moment to add to a message that is
+		// not full yet.
+		if g.opts.linger > 0 && recs[0].Kind != outbox.Raw && n == len(recs) {
+			if lingerHead != recs[0] {
+				lingerHead, lingerUntil = recs[0], time.Now().Add(g.opts.linger)
+			}
+			if wait := time.Until(lingerUntil); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-changed:
+				case <-t.C:
+				case <-g.done:
+					t.Stop()
+					return
+				}
+				t.Stop()
+				if time.Now().Before(lingerUntil) {
+					continue
+				}
+				recs, _ = g.queue.Peek(4096)
+				msg, n = outbox.Pack(recs, g.opts.maxPayloadSize, g.opts.qos, g.opts.coalesce)
+			}
+		}
+		g.queue.Remove(n)
+		g.transmit(&msg)
+	}
+}
+
+// transmit hands one message to paho.
+func (g *Gateway) transmit(m *outbox.Message) {
+	m.SentAt = time.Now()
+	g.stats.published.Add(1)
+	if g.log.Enabled(context.Background(), slog.LevelDebug) {
+		g.log.Debug("tbgateway: publish", "topic", m.Topic, "payload", string(m.Payload))
+	}
+	if strings.HasPrefix(m.Topic, "v1/devices/me/") {
+		g.echo.add(m.Topic, m.Payload)
+	}
+	if g.opts.qos == 0 {
+		tok := g.client.Publish(m.Topic, 0, false, m.Payload)
+		m.Token = tok
+		select {
+		case g.qos0 <- m:
+		case <-g.done:
+		}
+		return
+	}
+	g.tracker.Expect(m)
+	tok := g.client.Publish(m.Topic, 1, false, m.Payload)
+	select {
+	case <-tok.Done():
+		// Refused before paho stored it (not connected): queue it again.
+		// An error after storing (a write timeout) is not a loss: paho
+		// re-sends stored messages after reconnecting.
+		if tok.Error() != nil && g.tracker.Unexpect(m) {
+			g.stats.publishErrors.Add(1)
+			_ = g.queue.Put(context.Background(), m.Records, true)
+		}
+	default:
+	}
+}
+
+// qos0Loop completes QoS 0 messages once written, in order.
+func (g *Gateway) qos0Loop() {
+	for {
+		select {
+		case m := <-g.qos0:
+			select {
+			case <-m.Token.Done():
+			case <-g.done:
+				return
+			}
+			if err := m.Token.Error(); err != nil {
+				g.stats.publishErrors.Add(1)
+				g.failRecords(m, fmt.Errorf("tbgateway: publish %s: %w", m.Topic, err))
+				continue
+			}
+			g.onAck(m)
+		case <-g.done:
+			return
+		}
+	}
+}
+
+func (g *Gateway) failRecords(m *outbox.Message, err error) {
+	for _, r := range m.Records {
+		if r.Waiter != nil {
+			r.Waiter.Fail(err)
+		}
+	}
+}
+
+// onAck runs when the server acknowledged m (on paho's network goroutine).
+func (g *Gateway) onAck(m *outbox.Message) {
+	g.stats.acked.Add(1)
+	g.stats.points.Add(uint64(m.Points))
+	if g.durable != nil {
+		g.durable.Remove(m.Records)
+	}
+	for _, r := range m.Records {
+		if r.Waiter != nil {
+			r.Waiter.Ack()
+		}
+		g.recordAcked(r)
+	}
+	g.wake()
+}
+
+// recordAcked keeps the device registry in step with acknowledged connects
+// and disconnects.
+func (g *Gateway) recordAcked(r *outbox.Record) {
+	switch r.Topic {
+	case topicGatewayConnect:
+		g.mu.Lock()
+		g.devices[r.DeviceName] = r.Note
+		g.mu.Unlock()
+	case topicGatewayDisconnect:
+		g.mu.Lock()
+		delete(g.devices, r.DeviceName)
+		g.mu.Unlock()
+	}
 }
 
 // onMessage routes every received message; paho calls it on its network
@@ -444,28 +897,51 @@ func (f *echoFilter) consume(topic string, payload []byte) bool {
 
 // Stats is a snapshot of the gateway's counters since Dial.
 type Stats struct {
+	Queued         int    // records waiting in the outbound queue
+	QueuedBytes    int    // their size
+	InFlight       int    // messages sent and not yet acknowledged
+	Accepted       uint64 // records accepted into the queue
 	Published      uint64 // messages handed to the MQTT connection
-	Acknowledged   uint64 // publishes confirmed (PUBACK at QoS 1, written at QoS 0)
-	PublishErrors  uint64 // publishes that failed after being handed over
+	Acknowledged   uint64 // messages confirmed (PUBACK at QoS 1, written at QoS 0)
+	DataPoints     uint64 // data points in acknowledged messages
+	Resent         uint64 // messages re-sent after a reconnect (possible duplicates at the server)
+	Restored       uint64 // records loaded from the durable queue at Dial (possible duplicates)
+	Refused        uint64 // calls refused because the queue was full (FailFast)
+	Dropped        uint64 // records evicted by DropOldest
+	Poisoned       uint64 // messages set aside as poison
+	PublishErrors  uint64 // publishes paho refused before sending (re-queued)
 	Received       uint64 // messages received from the server
 	Malformed      uint64 // received messages that could not be decoded, dropped
 	Echoes         uint64 // own publishes a plain broker sent back, ignored
 	HandlerDropped uint64 // received messages dropped because a handler queue was full
 	HandlerPanics  uint64 // handler panics recovered
 	Reconnects     uint64 // successful reconnects after the first connection
+	Announced      uint64 // devices announced again after reconnects
 }
 
 type counters struct {
 	published, acked, publishErrors, received, malformed, echoes atomic.Uint64
-	dropped, panics, reconnects                                  atomic.Uint64
+	dropped, panics, reconnects, accepted, points, resent        atomic.Uint64
+	restored, refused, droppedOverflow, poisoned, announced      atomic.Uint64
 }
 
-// Stats returns the current counters. It never blocks.
+// Stats returns the current counters. It never blocks for long.
 func (g *Gateway) Stats() Stats {
 	s := &g.stats
+	q, qb := g.queue.Len()
 	return Stats{
+		Queued:         q,
+		QueuedBytes:    qb,
+		InFlight:       g.tracker.Count(),
+		Accepted:       s.accepted.Load(),
 		Published:      s.published.Load(),
 		Acknowledged:   s.acked.Load(),
+		DataPoints:     s.points.Load(),
+		Resent:         s.resent.Load(),
+		Restored:       s.restored.Load(),
+		Refused:        s.refused.Load(),
+		Dropped:        s.droppedOverflow.Load(),
+		Poisoned:       s.poisoned.Load(),
 		PublishErrors:  s.publishErrors.Load(),
 		Received:       s.received.Load(),
 		Malformed:      s.malformed.Load(),
@@ -473,6 +949,7 @@ func (g *Gateway) Stats() Stats {
 		HandlerDropped: s.dropped.Load(),
 		HandlerPanics:  s.panics.Load(),
 		Reconnects:     s.reconnects.Load(),
+		Announced:      s.announced.Load(),
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/thingsgate/tbgateway/internal/outbox"
 )
 
 // Option configures a Gateway at Dial.
@@ -25,6 +27,24 @@ const (
 	DefaultHandlerQueue      = 256
 	DefaultRPCWorkers        = 4
 	DefaultMaxReconnectDelay = 30 * time.Second
+	DefaultQueueMessages     = 100_000
+	DefaultQueueBytes        = 64 << 20
+	DefaultMaxInflight       = 100
+	DefaultPoisonThreshold   = 3
+)
+
+// OverflowPolicy decides what a publish does when the outbound queue is
+// full.
+type OverflowPolicy int
+
+const (
+	// Block waits for room until the call's context ends (the default).
+	Block OverflowPolicy = iota
+	// FailFast returns ErrQueueFull at once.
+	FailFast
+	// DropOldest evicts the oldest queued data, whose callers get
+	// ErrDropped; evictions are counted in Stats.Dropped.
+	DropOldest
 )
 
 type options struct {
@@ -41,6 +61,14 @@ type options struct {
 	handlerQueue, rpcWorkers     int
 	combinedAttrRequests         bool
 	paho                         []func(*mqtt.ClientOptions)
+	queueMsgs, queueBytes        int
+	overflow                     outbox.Policy
+	maxInflight                  int
+	coalesce                     bool
+	linger                       time.Duration
+	durablePath                  string
+	onConnection                 func(ConnectionEvent)
+	poisonThreshold              int
 }
 
 func defaultOptions() options {
@@ -54,6 +82,11 @@ func defaultOptions() options {
 		maxPayloadSize:    DefaultMaxPayloadSize,
 		handlerQueue:      DefaultHandlerQueue,
 		rpcWorkers:        DefaultRPCWorkers,
+		queueMsgs:         DefaultQueueMessages,
+		queueBytes:        DefaultQueueBytes,
+		maxInflight:       DefaultMaxInflight,
+		coalesce:          true,
+		poisonThreshold:   DefaultPoisonThreshold,
 	}
 }
 
@@ -271,6 +304,107 @@ func WithPahoOptions(f func(*mqtt.ClientOptions)) Option {
 			return invalid("nil paho options func")
 		}
 		o.paho = append(o.paho, f)
+		return nil
+	}
+}
+
+// WithQueue bounds the outbound queue, where data waits to be sent (while
+// the connection is down, or faster than it can go): at most maxMessages
+// records (one per device and call) and maxBytes encoded bytes; policy
+// decides what happens when it is full. Defaults: 100 000 records, 64 MiB,
+// Block.
+func WithQueue(maxMessages, maxBytes int, policy OverflowPolicy) Option {
+	return func(o *options) error {
+		if maxMessages < 1 || maxBytes < 1 {
+			return invalid("queue bounds %d messages, %d bytes", maxMessages, maxBytes)
+		}
+		switch policy {
+		case Block:
+			o.overflow = outbox.Block
+		case FailFast:
+			o.overflow = outbox.FailFast
+		case DropOldest:
+			o.overflow = outbox.DropOldest
+		default:
+			return invalid("overflow policy %d", policy)
+		}
+		o.queueMsgs, o.queueBytes = maxMessages, maxBytes
+		return nil
+	}
+}
+
+// WithMaxInflight bounds the messages sent and not yet acknowledged
+// (default 100, ThingsBoard's default maxInflightMessages). It also bounds
+// the duplicates a reconnect can cause.
+func WithMaxInflight(n int) Option {
+	return func(o *options) error {
+		if n < 1 || n > 65535 {
+			return invalid("max in-flight %d", n)
+		}
+		o.maxInflight = n
+		return nil
+	}
+}
+
+// WithCoalescing packs telemetry and attributes of several calls and
+// devices into one message (up to the maximum payload size), waiting up to
+// linger for more data before sending a message that is not full. It is on
+// by default with no linger: whatever is queued together goes together.
+func WithCoalescing(linger time.Duration) Option {
+	return func(o *options) error {
+		if linger < 0 {
+			return invalid("linger %v", linger)
+		}
+		o.coalesce, o.linger = true, linger
+		return nil
+	}
+}
+
+// WithoutCoalescing sends every call's data in messages of its own.
+func WithoutCoalescing() Option {
+	return func(o *options) error {
+		o.coalesce, o.linger = false, 0
+		return nil
+	}
+}
+
+// WithDurableQueue keeps the outbound queue in a bbolt database at path,
+// so that data a publish call accepted survives a crash or power cut: a
+// record is removed only after the server's PUBACK, and what is left is sent
+// first after the next Dial. Delivery is at least once: a message in flight
+// at a crash or a connection loss may reach the server twice
+// (Stats.Resent, Stats.Restored).
+func WithDurableQueue(path string) Option {
+	return func(o *options) error {
+		if path == "" {
+			return invalid("empty durable queue path")
+		}
+		o.durablePath = path
+		return nil
+	}
+}
+
+// WithConnectionListener is told of every change of the connection's state
+// (Up, Down, Reconnecting), in order, on a goroutine of the gateway.
+func WithConnectionListener(f func(ConnectionEvent)) Option {
+	return func(o *options) error {
+		if f == nil {
+			return invalid("nil connection listener")
+		}
+		o.onConnection = f
+		return nil
+	}
+}
+
+// WithPoisonThreshold sets after how many consecutive connection losses
+// right after sending it a message is set aside as poison (default 3; 0
+// turns detection off).
+func WithPoisonThreshold(n int) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return invalid("poison threshold %d", n)
+		}
+		o.poisonThreshold = n
 		return nil
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	tb "github.com/thingsgate/tbgateway"
 	"github.com/thingsgate/tbgateway/internal/testbroker"
+	"github.com/thingsgate/tbgateway/tbtest"
 )
 
 // TestHostileDownlinks sends malformed messages on every downlink topic:
@@ -349,14 +350,43 @@ func TestReconnectReannounces(t *testing.T) {
 	}, wait, 100*time.Millisecond)
 }
 
+// TestPublishWhileDown: data published while the server is away waits in
+// the queue; a call whose context ends says the data is still queued, and
+// everything arrives once the server is back, devices announced first.
 func TestPublishWhileDown(t *testing.T) {
-	t.Setenv(testbroker.EnvBroker, "")
-	b := testbroker.Start(t)
-	g := dial(t, b, tb.WithMaxReconnectDelay(time.Hour))
-	b.Stop()
+	srv := tbtest.NewServer(t)
+	g := dialTB(t, srv, tb.WithMaxReconnectDelay(100*time.Millisecond))
+	ctx := ctxT(t)
+	_, err := g.Connect(ctx, "A", tb.WithDeviceProfile("P"))
+	require.NoError(t, err)
+	srv.Stop()
 	require.Eventually(t, func() bool { return !g.Connected() }, wait, time.Millisecond)
-	err := g.Device("A").PublishTelemetry(ctxT(t), tb.Entry{Values: tb.Values{"a": 1}})
-	assert.ErrorIs(t, err, tb.ErrNotConnected)
-	_, err = g.Connect(ctxT(t), "A")
-	assert.ErrorIs(t, err, tb.ErrNotConnected)
+
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	err = g.Device("A").PublishTelemetry(short, tb.Entry{TS: 1, Values: tb.Values{"n": 1}})
+	assert.ErrorIs(t, err, tb.ErrEnqueued)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	done := make(chan error, 1)
+	require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, func(err error) { done <- err }, tb.Entry{TS: 2, Values: tb.Values{"n": 2}}))
+	assert.Equal(t, 2, g.Stats().Queued)
+
+	require.NoError(t, srv.Start())
+	require.NoError(t, <-done)
+	require.NoError(t, srv.WaitFor(ctx, func() bool { return len(srv.Series("A", "n")) == 2 }))
+	assert.Equal(t, []tbtest.Point{{TS: 1, Value: int64(1)}, {TS: 2, Value: int64(2)}}, srv.Series("A", "n"))
+	// The connect went out again before the data.
+	var topics []string
+	for _, m := range srv.Messages() {
+		topics = append(topics, m.Topic)
+	}
+	last := topics[len(topics)-2:]
+	assert.Equal(t, []string{"v1/gateway/connect", "v1/gateway/telemetry"}, []string{topics[len(topics)-2-boolToInt(last[0] == "v1/gateway/telemetry")], "v1/gateway/telemetry"})
+}
+
+func boolToInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

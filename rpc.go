@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/thingsgate/tbgateway/internal/jsonx"
+	"github.com/thingsgate/tbgateway/internal/outbox"
 )
 
 const topicGatewayRPC = "v1/gateway/rpc"
@@ -254,7 +255,7 @@ func (g *Gateway) serveRPC(h RPCHandler, req *RPCRequest) {
 		result, err = g.callHandler(h, req)
 	}
 	topic, payload := encodeRPCReply(req, result, err)
-	if err := g.publish(g.ctx, topic, payload); err != nil {
+	if err := g.publish(g.ctx, &outbox.Record{Topic: topic, Body: payload, DeviceName: req.Device}); err != nil {
 		g.log.Warn("tbgateway: sending RPC reply failed", "device", req.Device, "method", req.Method, "request_id", req.ID, "err", err)
 	}
 }
@@ -325,7 +326,7 @@ func (s *GatewayDevice) Call(ctx context.Context, method string, params any) (js
 	id := g.newID()
 	ch, _ := g.calls.Add(id)
 	defer g.calls.Remove(id)
-	if err := g.publish(ctx, topicSelfRPCRequestPrefix+strconv.Itoa(int(id)), b); err != nil {
+	if err := g.publish(ctx, &outbox.Record{Topic: topicSelfRPCRequestPrefix + strconv.Itoa(int(id)), Body: b}); err != nil {
 		return nil, err
 	}
 	reply, err := await(ctx, g, ch, func() { g.calls.Remove(id) })

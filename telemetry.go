@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/thingsgate/tbgateway/internal/jsonx"
+	"github.com/thingsgate/tbgateway/internal/outbox"
 )
 
 const topicGatewayTelemetry = "v1/gateway/telemetry"
@@ -53,30 +55,50 @@ type Metadata struct {
 // carries data of several devices.
 type Telemetry map[string][]Entry
 
-// PublishTelemetry sends entries for several devices in one
-// v1/gateway/telemetry message. Devices not yet connected are created by
+// PublishTelemetry sends entries for several devices on
+// v1/gateway/telemetry. Devices not yet connected are created by
 // ThingsBoard with the "default" profile; call Connect first to choose one.
-// Everything is validated before anything is sent. At QoS 1 it blocks until
-// the server's PUBACK (which means queued at the server, not stored) or ctx
-// ends; while the connection is down it returns ErrNotConnected.
+// Everything is validated before anything is queued. The data goes out in
+// one message, or in several when it is larger than the server's maximum
+// payload size, possibly together with data of other calls (coalescing).
+//
+// It blocks until the server has acknowledged all of it (PUBACK at QoS 1:
+// queued at the server, not yet stored) or ctx ends; a ctx without
+// deadline gets the request timeout. While the connection is down the data
+// waits in the outbound queue: an error wrapping ErrEnqueued means the
+// data is still queued and will be sent. See PublishTelemetryAsync to
+// stream without waiting.
 func (g *Gateway) PublishTelemetry(ctx context.Context, t Telemetry) error {
-	e := getEncoder()
-	defer e.release()
-	if err := e.gatewayTelemetry(t); err != nil {
+	recs, err := g.telemetryRecords(t)
+	if err != nil {
 		return err
 	}
-	return g.publish(ctx, topicGatewayTelemetry, e.payload())
+	return g.send(ctx, recs)
+}
+
+// PublishTelemetryAsync queues t like PublishTelemetry but returns as soon
+// as the data is accepted into the outbound queue (and, with
+// WithDurableQueue, written to disk). done, if not nil, is called once
+// with the outcome: nil when the server acknowledged all of it. ctx bounds
+// only the wait for room in a full queue (WithQueue).
+func (g *Gateway) PublishTelemetryAsync(ctx context.Context, t Telemetry, done func(error)) error {
+	recs, err := g.telemetryRecords(t)
+	if err != nil {
+		return err
+	}
+	return g.enqueue(ctx, recs, done)
 }
 
 // PublishTelemetry sends entries for this device; see
 // Gateway.PublishTelemetry.
 func (d *Device) PublishTelemetry(ctx context.Context, entries ...Entry) error {
-	e := getEncoder()
-	defer e.release()
-	if err := e.deviceTelemetry(d.name, entries); err != nil {
-		return err
-	}
-	return d.g.publish(ctx, topicGatewayTelemetry, e.payload())
+	return d.g.PublishTelemetry(ctx, Telemetry{d.name: entries})
+}
+
+// PublishTelemetryAsync queues entries for this device; see
+// Gateway.PublishTelemetryAsync.
+func (d *Device) PublishTelemetryAsync(ctx context.Context, done func(error), entries ...Entry) error {
+	return d.g.PublishTelemetryAsync(ctx, Telemetry{d.name: entries}, done)
 }
 
 // PublishTelemetry sends the gateway's own telemetry on
@@ -88,7 +110,17 @@ func (s *GatewayDevice) PublishTelemetry(ctx context.Context, entries ...Entry) 
 	if err := e.selfTelemetry(entries); err != nil {
 		return err
 	}
-	return s.g.publish(ctx, topicSelfTelemetry, e.payload())
+	points := 0
+	for i := range entries {
+		points += len(entries[i].Values)
+	}
+	return s.g.publish(ctx, &outbox.Record{Topic: topicSelfTelemetry, Body: e.payload(), Points: points})
+}
+
+func (g *Gateway) telemetryRecords(t Telemetry) ([]*outbox.Record, error) {
+	e := getEncoder()
+	defer e.release()
+	return e.telemetryRecords(t, g.limit())
 }
 
 // encoder builds payloads into a reused buffer; it is pooled so that steady
@@ -97,6 +129,7 @@ type encoder struct {
 	buf   []byte
 	s     jsonx.Scratch
 	names []string
+	items []item
 }
 
 var encoders = sync.Pool{New: func() any { return new(encoder) }}
@@ -113,61 +146,113 @@ func (e *encoder) release() {
 	}
 	clear(e.names)
 	e.names = e.names[:0]
+	e.items = e.items[:0]
 	encoders.Put(e)
 }
 
 // payload copies the encoded bytes: paho keeps the slice until the PUBACK.
 func (e *encoder) payload() []byte { return bytes.Clone(e.buf) }
 
-func (e *encoder) gatewayTelemetry(t Telemetry) error {
+// sizeLimit is what one message may weigh: the server's maximum remaining
+// length, at the gateway's QoS.
+type sizeLimit struct {
+	max int
+	qos byte
+}
+
+// unlimited is the size limit of encoders used for whole payloads.
+var unlimited = sizeLimit{max: math.MaxInt, qos: 1}
+
+// telemetryRecords encodes t as one record per device, or more where a
+// device's entries do not fit in one message.
+func (e *encoder) telemetryRecords(t Telemetry, lim sizeLimit) ([]*outbox.Record, error) {
 	if len(t) == 0 {
-		return fmt.Errorf("%w: no device", ErrNoData)
+		return nil, fmt.Errorf("%w: no device", ErrNoData)
 	}
 	e.names = sortedNames(e.names, t)
-	names := e.names
-	e.buf = append(e.buf, '{')
-	for i, name := range names {
-		if i > 0 {
-			e.buf = append(e.buf, ',')
+	recs := make([]*outbox.Record, 0, len(e.names))
+	for _, name := range e.names {
+		if err := checkDeviceName(name); err != nil {
+			return nil, err
 		}
-		if err := e.deviceEntries(name, t[name]); err != nil {
-			return err
+		entries := t[name]
+		if len(entries) == 0 {
+			return nil, &ValueError{Device: name, Err: fmt.Errorf("%w: no telemetry entries", ErrNoData)}
+		}
+		e.buf, e.items = e.buf[:0], e.items[:0]
+		for i := range entries {
+			if i > 0 {
+				e.buf = append(e.buf, ',')
+			}
+			start := len(e.buf)
+			if err := e.entry(name, &entries[i]); err != nil {
+				return nil, err
+			}
+			e.items = append(e.items, item{start, len(e.buf), len(entries[i].Values)})
+		}
+		var err error
+		if recs, err = e.split(recs, outbox.Telemetry, name, lim); err != nil {
+			return nil, err
 		}
 	}
-	e.buf = append(e.buf, '}')
+	return recs, nil
+}
+
+// item is one encoded entry or attribute in e.buf.
+type item struct{ start, end, points int }
+
+// split cuts the items in e.buf into records of one device that each fit in
+// a message alone, counting sizes on the encoded bytes. An item that cannot
+// fit even alone is refused with a *PayloadTooLargeError.
+func (e *encoder) split(recs []*outbox.Record, kind outbox.Kind, name string, lim sizeLimit) ([]*outbox.Record, error) {
+	dev := string(jsonx.AppendString(nil, name))
+	r := &outbox.Record{Kind: kind, Device: dev, DeviceName: name}
+	fixed := outbox.Overhead(r.TopicOf(), lim.qos) + len(dev) + 5 // {"dev":[...]}
+	first, size, points := 0, fixed, 0
+	flush := func(last int) {
+		body := bytes.Clone(e.buf[e.items[first].start:e.items[last].end])
+		recs = append(recs, &outbox.Record{Kind: kind, Device: dev, DeviceName: name, Body: body, Points: points})
+	}
+	for i, it := range e.items {
+		n := it.end - it.start
+		if fixed+n > lim.max {
+			return nil, &PayloadTooLargeError{Topic: r.TopicOf(), Size: fixed + n, Limit: lim.max}
+		}
+		if i > first {
+			n++ // comma
+		}
+		if size+n > lim.max {
+			flush(i - 1)
+			first, size, points = i, fixed, 0
+			n = it.end - it.start
+		}
+		size += n
+		points += it.points
+	}
+	flush(len(e.items) - 1)
+	return recs, nil
+}
+
+// pack joins records into one payload, as the sender does; for tests and
+// golden files.
+func (e *encoder) pack(recs []*outbox.Record, err error) error {
+	if err != nil {
+		return err
+	}
+	m, n := outbox.Pack(recs, math.MaxInt, 1, true)
+	if n != len(recs) {
+		return fmt.Errorf("packed %d of %d records", n, len(recs))
+	}
+	e.buf = append(e.buf[:0], m.Payload...)
 	return nil
+}
+
+func (e *encoder) gatewayTelemetry(t Telemetry) error {
+	return e.pack(e.telemetryRecords(t, unlimited))
 }
 
 func (e *encoder) deviceTelemetry(name string, entries []Entry) error {
-	e.buf = append(e.buf, '{')
-	if err := e.deviceEntries(name, entries); err != nil {
-		return err
-	}
-	e.buf = append(e.buf, '}')
-	return nil
-}
-
-// deviceEntries writes "name":[entry,...]. ThingsBoard never acknowledges
-// an empty array, so no entries is an error.
-func (e *encoder) deviceEntries(name string, entries []Entry) error {
-	if err := checkDeviceName(name); err != nil {
-		return err
-	}
-	if len(entries) == 0 {
-		return &ValueError{Device: name, Err: fmt.Errorf("%w: no telemetry entries", ErrNoData)}
-	}
-	e.buf = jsonx.AppendString(e.buf, name)
-	e.buf = append(e.buf, ':', '[')
-	for i := range entries {
-		if i > 0 {
-			e.buf = append(e.buf, ',')
-		}
-		if err := e.entry(name, &entries[i]); err != nil {
-			return err
-		}
-	}
-	e.buf = append(e.buf, ']')
-	return nil
+	return e.gatewayTelemetry(Telemetry{name: entries})
 }
 
 func (e *encoder) selfTelemetry(entries []Entry) error {
@@ -261,12 +346,22 @@ func (e *encoder) metadata(device string, m *Metadata) error {
 // values writes a non-empty object of named values, keys sorted so that the
 // same data always gives the same bytes.
 func (e *encoder) values(device string, v Values) error {
+	e.buf = append(e.buf, '{')
+	if err := e.members(device, v, false); err != nil {
+		return err
+	}
+	e.buf = append(e.buf, '}')
+	return nil
+}
+
+// members writes the "key":value members of v, comma-separated, in key
+// order; with track it records each member in e.items.
+func (e *encoder) members(device string, v Values, track bool) error {
 	if len(v) == 0 {
 		return &ValueError{Device: device, Err: fmt.Errorf("%w: no values", ErrNoData)}
 	}
 	keys := e.s.SortedKeys(v)
 	defer e.s.Release(keys)
-	e.buf = append(e.buf, '{')
 	for i, k := range keys {
 		if k == "" {
 			return &ValueError{Device: device, Err: fmt.Errorf("%w: empty key", ErrInvalidKey)}
@@ -274,14 +369,17 @@ func (e *encoder) values(device string, v Values) error {
 		if i > 0 {
 			e.buf = append(e.buf, ',')
 		}
+		start := len(e.buf)
 		e.buf = jsonx.AppendString(e.buf, k)
 		e.buf = append(e.buf, ':')
 		var err error
 		if e.buf, err = jsonx.AppendValue(e.buf, v[k], &e.s); err != nil {
 			return valueError(device, k, err)
 		}
+		if track {
+			e.items = append(e.items, item{start, len(e.buf), 1})
+		}
 	}
-	e.buf = append(e.buf, '}')
 	return nil
 }
 

@@ -1,0 +1,165 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"sync"
+)
+
+// Policy decides what Put does when the queue is full.
+type Policy uint8
+
+const (
+	// Block waits for room until the context ends.
+	Block Policy = iota
+	// FailFast refuses the new records at once.
+	FailFast
+	// DropOldest evicts the oldest queued records to make room.
+	DropOldest
+)
+
+// Errors of Put.
+var (
+	ErrFull    = errors.New("outbox: queue full")
+	ErrDropped = errors.New("outbox: dropped to make room for newer data")
+	ErrClosed  = errors.New("outbox: closed")
+	ErrTooBig  = errors.New("outbox: records larger than the whole queue")
+)
+
+// Queue is a FIFO of records bounded by count and bytes.
+type Queue struct {
+	mu       sync.Mutex
+	items    []*Record
+	head     int
+	bytes    int
+	maxMsgs  int
+	maxBytes int
+	policy   Policy
+	closed   bool
+	changed  chan struct{} // closed and replaced on every change
+	dropped  uint64
+	onDrop   func(r *Record)
+}
+
+// NewQueue returns a queue holding at most maxMsgs records and maxBytes
+// bytes. onDrop, if set, is told of every record DropOldest evicts.
+func NewQueue(maxMsgs, maxBytes int, policy Policy, onDrop func(*Record)) *Queue {
+	return &Queue{maxMsgs: maxMsgs, maxBytes: maxBytes, policy: policy, changed: make(chan struct{}), onDrop: onDrop}
+}
+
+func (q *Queue) signal() {
+	close(q.changed)
+	q.changed = make(chan struct{})
+}
+
+func (q *Queue) lenLocked() int { return len(q.items) - q.head }
+
+func (q *Queue) fits(n, bytes int) bool {
+	return q.lenLocked()+n <= q.maxMsgs && q.bytes+bytes <= q.maxBytes
+}
+
+// Put appends recs, all or none, applying the policy when full. front puts
+// them at the head instead (records re-queued or loaded from disk).
+func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
+	cost := 0
+	for _, r := range recs {
+		cost += r.Cost()
+	}
+	if len(recs) > q.maxMsgs || cost > q.maxBytes {
+		return ErrTooBig
+	}
+	q.mu.Lock()
+	for !front && !q.closed && !q.fits(len(recs), cost) {
+		switch q.policy {
+		case FailFast:
+			q.mu.Unlock()
+			return ErrFull
+		case DropOldest:
+			for !q.fits(len(recs), cost) && q.lenLocked() > 0 {
+				r := q.items[q.head]
+				q.items[q.head] = nil
+				q.head++
+				q.bytes -= r.Cost()
+				q.dropped++
+				if q.onDrop != nil {
+					q.onDrop(r)
+				}
+			}
+			continue
+		}
+		ch := q.changed
+		q.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		q.mu.Lock()
+	}
+	if q.closed {
+		q.mu.Unlock()
+		return ErrClosed
+	}
+	if front {
+		rest := q.items[q.head:]
+		items := make([]*Record, 0, len(recs)+len(rest))
+		items = append(append(items, recs...), rest...)
+		q.items, q.head = items, 0
+	} else {
+		q.items = append(q.items, recs...)
+	}
+	q.bytes += cost
+	q.signal()
+	q.mu.Unlock()
+	return nil
+}
+
+// Peek returns up to max records from the head without removing them, and
+// a channel closed at the next change of the queue.
+func (q *Queue) Peek(max int) ([]*Record, <-chan struct{}) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := min(q.lenLocked(), max)
+	return q.items[q.head : q.head+n : q.head+n], q.changed
+}
+
+// Remove drops the first n records (taken by the sender).
+func (q *Queue) Remove(n int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i := 0; i < n && q.lenLocked() > 0; i++ {
+		q.bytes -= q.items[q.head].Cost()
+		q.items[q.head] = nil
+		q.head++
+	}
+	if q.head > 1024 && q.head*2 > len(q.items) {
+		q.items = append([]*Record(nil), q.items[q.head:]...)
+		q.head = 0
+	}
+	q.signal()
+}
+
+// Len returns the queued records and bytes.
+func (q *Queue) Len() (msgs, bytes int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.lenLocked(), q.bytes
+}
+
+// Dropped returns how many records DropOldest evicted.
+func (q *Queue) Dropped() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.dropped
+}
+
+// Close refuses further records and returns those still queued.
+func (q *Queue) Close() []*Record {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	rest := append([]*Record(nil), q.items[q.head:]...)
+	q.items, q.head, q.bytes = nil, 0, 0
+	q.signal()
+	return rest
+}

@@ -1,0 +1,117 @@
+// Package outbox is the queue between the public API and the MQTT
+// connection: every message the gateway sends passes through it.
+//
+// Callers put Records, which are already-encoded pieces of messages. Raw
+// records are whole messages (connect, claim, requests, replies).
+// Telemetry and attribute records carry one device's part of a
+// v1/gateway/telemetry or v1/gateway/attributes message, so that records of
+// many calls can be packed into one message (Pack), with the message size
+// counted exactly as ThingsBoard counts it.
+package outbox
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// Kind says how a Record becomes a message.
+type Kind uint8
+
+const (
+	// Raw records are whole messages: Topic and Body.
+	Raw Kind = iota
+	// Telemetry records are "device":[Body] parts of v1/gateway/telemetry.
+	Telemetry
+	// Attributes records are "device":{Body} parts of v1/gateway/attributes.
+	Attributes
+)
+
+// Topics of the mergeable kinds.
+const (
+	TopicTelemetry  = "v1/gateway/telemetry"
+	TopicAttributes = "v1/gateway/attributes"
+)
+
+// Record is one queued piece of outbound data.
+type Record struct {
+	Kind  Kind
+	Topic string // Raw only; the mergeable kinds have a fixed topic
+	// Device is the device name as a JSON string, quotes included, for the
+	// mergeable kinds.
+	Device string
+	// Body is the payload (Raw), the comma-joined entries of a telemetry
+	// array, or the comma-joined members of an attribute object.
+	Body []byte
+	// Points is the number of data points (key-value pairs) the record
+	// carries, as ThingsBoard's rate limits count them.
+	Points int
+	// Seq identifies the record in a durable store (0 when not stored).
+	Seq uint64
+	// Waiter, if set, is told when the record is acknowledged or fails.
+	Waiter *Waiter
+	// DeviceName is the plain device name the record belongs to ("" when
+	// none).
+	DeviceName string
+	// Note carries what the gateway must remember when the record is
+	// acknowledged (the profile of a connect).
+	Note string
+}
+
+// TopicOf returns the topic the record is published on.
+func (r *Record) TopicOf() string {
+	switch r.Kind {
+	case Telemetry:
+		return TopicTelemetry
+	case Attributes:
+		return TopicAttributes
+	}
+	return r.Topic
+}
+
+// Cost is the record's share of the queue's byte bound.
+func (r *Record) Cost() int { return len(r.Body) + len(r.Device) + len(r.Topic) }
+
+// Waiter collects the outcome of the records of one call: the call is done
+// when all of them are acknowledged, or at the first failure.
+type Waiter struct {
+	remaining atomic.Int64
+	once      sync.Once
+	done      chan struct{}
+	err       error
+	callback  func(error)
+}
+
+// NewWaiter returns a waiter for n records. callback, if not nil, runs once
+// with the outcome (on the goroutine that completes the last record: it
+// must not block).
+func NewWaiter(n int, callback func(error)) *Waiter {
+	w := &Waiter{done: make(chan struct{}), callback: callback}
+	w.remaining.Store(int64(n))
+	return w
+}
+
+// Done is closed when the outcome is known.
+func (w *Waiter) Done() <-chan struct{} { return w.done }
+
+// Err is the outcome once Done is closed.
+func (w *Waiter) Err() error { return w.err }
+
+// Ack reports one record acknowledged.
+func (w *Waiter) Ack() {
+	if w.remaining.Add(-1) == 0 {
+		w.finish(nil)
+	}
+}
+
+// Fail reports a record failed; the call fails.
+func (w *Waiter) Fail(err error) { w.finish(err) }
+
+func (w *Waiter) finish(err error) {
+	w.once.Do(func() {
+		w.err = err
+		close(w.done)
+		if w.callback != nil {
+			w.callback(err)
+		}
+	})
+}
