@@ -14,8 +14,8 @@ type Message struct {
 	Points  int
 
 	// Bookkeeping of the sender.
-	Drops   int       // connection losses while this was the oldest message in flight
-	SentAt  time.Time // when it was handed to the connection
+	Drops   int        // connection losses while this was the oldest message in flight
+	SentAt  time.Time  // when it was handed to the connection
 	Token   mqtt.Token // QoS 0 only: completes when written
 	sendSeq uint64
 }
