@@ -81,7 +81,7 @@ func (e *encoder) gatewayAttributes(a Attributes) error {
 // PublishAttributes sends this device's client-side attributes; see
 // Gateway.PublishAttributes.
 func (d *Device) PublishAttributes(ctx context.Context, v Values) error {
-	return d.g.PublishAttributes(ctx, Attributes{d.name: v})
+	return d.g.PublishAttributes(ctx, Attributes{d.Name(): v})
 }
 
 // PublishAttributes sends the gateway's own client-side attributes on
@@ -210,7 +210,7 @@ func (g *Gateway) RequestAttributes(ctx context.Context, device string, keys Att
 
 // RequestAttributes is Gateway.RequestAttributes for this device.
 func (d *Device) RequestAttributes(ctx context.Context, keys AttributeKeys) (AttributeValues, error) {
-	return d.g.RequestAttributes(ctx, d.name, keys)
+	return d.g.RequestAttributes(ctx, d.Name(), keys)
 }
 
 func mergeInto(dst Values, src map[string]any) {
@@ -332,7 +332,7 @@ func (g *Gateway) OnAttributeUpdate(h AttributeHandler) {
 
 // OnAttributeUpdate sets this device's own handler, which takes precedence
 // over the gateway-wide one (nil removes it).
-func (d *Device) OnAttributeUpdate(h AttributeHandler) { d.g.setDeviceAttrHandler(d.name, h) }
+func (d *Device) OnAttributeUpdate(h AttributeHandler) { d.g.setDeviceAttrHandler(d.Name(), h) }
 
 // OnAttributeUpdate sets the handler for the gateway's own shared
 // attributes (v1/devices/me/attributes).

@@ -61,7 +61,7 @@ func (e *encoder) claims(claims map[string]ClaimRequest) error {
 
 // Claim is Gateway.Claim for this device.
 func (d *Device) Claim(ctx context.Context, c ClaimRequest) error {
-	return d.g.Claim(ctx, map[string]ClaimRequest{d.name: c})
+	return d.g.Claim(ctx, map[string]ClaimRequest{d.Name(): c})
 }
 
 // Claim opens a claiming window for the gateway device itself on

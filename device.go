@@ -3,7 +3,10 @@ package tbgateway
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
+	"sync/atomic"
+	"time"
 
 	"github.com/thingsgate/tbgateway/internal/jsonx"
 	"github.com/thingsgate/tbgateway/internal/outbox"
@@ -22,15 +25,19 @@ type Device struct {
 	name string
 }
 
-// Name returns the device's ThingsBoard name.
-func (d *Device) Name() string { return d.name }
+// Name returns the device's ThingsBoard name; after ThingsBoard renamed
+// the device (DeviceRenamed), the new one.
+func (d *Device) Name() string { return d.g.currentName(d.name) }
 
 // Profile returns the device profile it was connected with, "" when it is
 // not connected through this gateway or was connected without a profile.
 func (d *Device) Profile() string {
 	d.g.mu.RLock()
 	defer d.g.mu.RUnlock()
-	return d.g.devices[d.name]
+	if e := d.g.devices[d.g.currentNameLocked(d.name)]; e != nil {
+		return e.profile
+	}
+	return ""
 }
 
 // ConnectOption configures Gateway.Connect.
@@ -87,7 +94,7 @@ func (g *Gateway) Disconnect(ctx context.Context, name string) error {
 }
 
 // Disconnect is Gateway.Disconnect for this device.
-func (d *Device) Disconnect(ctx context.Context) error { return d.g.Disconnect(ctx, d.name) }
+func (d *Device) Disconnect(ctx context.Context) error { return d.g.Disconnect(ctx, d.Name()) }
 
 // DeviceInfo describes a connected device.
 type DeviceInfo struct {
@@ -99,8 +106,8 @@ type DeviceInfo struct {
 func (g *Gateway) Devices() []DeviceInfo {
 	g.mu.RLock()
 	out := make([]DeviceInfo, 0, len(g.devices))
-	for n, p := range g.devices {
-		out = append(out, DeviceInfo{Name: n, Profile: p})
+	for n, e := range g.devices {
+		out = append(out, DeviceInfo{Name: n, Profile: e.profile})
 	}
 	g.mu.RUnlock()
 	slices.SortFunc(out, func(a, b DeviceInfo) int {
@@ -127,22 +134,205 @@ func encodeConnect(name, profile string) []byte {
 	return append(b, '}')
 }
 
+// deviceEntry is what the gateway remembers of a connected device.
+type deviceEntry struct {
+	profile    string
+	lastUplink atomic.Int64 // unix nanoseconds of the last acknowledged uplink
+}
+
+// DeviceEventKind says what happened to a device on the server's side.
+type DeviceEventKind int
+
+// Kinds of DeviceEvent.
+const (
+	// DeviceRenamed: renamed in ThingsBoard (gateway_device_renamed). The
+	// gateway sends its data under NewName from now on, handlers included.
+	DeviceRenamed DeviceEventKind = iota + 1
+	// DeviceDeleted: deleted in ThingsBoard (gateway_device_deleted). The
+	// gateway forgets it; new data would create it again.
+	DeviceDeleted
+	// DeviceDropped: the server closed the device's session (the MQTT 5
+	// v1/gateway/disconnect notice); Reason is the MQTT 5 reason code.
+	DeviceDropped
+)
+
+// DeviceEvent is a notice from ThingsBoard about a device behind the
+// gateway.
+type DeviceEvent struct {
+	Kind    DeviceEventKind
+	Device  string
+	NewName string // DeviceRenamed only
+	Reason  int    // DeviceDropped only
+}
+
+func (g *Gateway) deviceEvent(e DeviceEvent) {
+	if f := g.opts.onDevice; f != nil {
+		g.callbacks.Submit(func() { f(e) })
+	}
+}
+
+// Server-generated RPCs to the gateway itself about devices behind it.
+const (
+	methodDeviceRenamed = "gateway_device_renamed"
+	methodDeviceDeleted = "gateway_device_deleted"
+)
+
+// onDeviceNotice handles gateway_device_renamed ({"old":"new"}) and
+// gateway_device_deleted ("name") before any user handler sees them.
+func (g *Gateway) onDeviceNotice(req *RPCRequest) error {
+	switch req.Method {
+	case methodDeviceRenamed:
+		var names map[string]string
+		if err := json.Unmarshal(req.Params, &names); err != nil || len(names) == 0 {
+			return fmt.Errorf("%w: %s params %s", ErrMalformedReply, req.Method, req.Params)
+		}
+		for old, renamed := range names {
+			if renamed == "" {
+				continue
+			}
+			if profile, connected := g.renameDevice(old, renamed); connected {
+				// Open the session under the new name so that its RPCs
+				// and attribute updates keep coming.
+				r := &outbox.Record{Topic: topicGatewayConnect, Body: encodeConnect(renamed, profile), DeviceName: renamed, Note: profile}
+				if err := g.put(g.ctx, []*outbox.Record{r}, outbox.NewWaiter(1, nil)); err != nil {
+					return err
+				}
+			}
+			g.log.Info("tbgateway: device renamed in ThingsBoard", "device", old, "new_name", renamed)
+			g.deviceEvent(DeviceEvent{Kind: DeviceRenamed, Device: old, NewName: renamed})
+		}
+	case methodDeviceDeleted:
+		var name string
+		if err := json.Unmarshal(req.Params, &name); err != nil || name == "" {
+			return fmt.Errorf("%w: %s params %s", ErrMalformedReply, req.Method, req.Params)
+		}
+		g.mu.Lock()
+		delete(g.devices, name)
+		delete(g.attrH.perDevice, name)
+		delete(g.rpcH.devices, name)
+		delete(g.rpcH.dMethods, name)
+		g.mu.Unlock()
+		g.log.Info("tbgateway: device deleted in ThingsBoard", "device", name)
+		g.deviceEvent(DeviceEvent{Kind: DeviceDeleted, Device: name})
+	}
+	return nil
+}
+
+// renameDevice moves everything the gateway keeps under old to renamed,
+// and makes handles of old send under the new name. It reports whether the
+// device was connected, and with which profile.
+func (g *Gateway) renameDevice(old, renamed string) (profile string, connected bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if e, ok := g.devices[old]; ok {
+		delete(g.devices, old)
+		g.devices[renamed] = e
+		profile, connected = e.profile, true
+	}
+	if h, ok := g.attrH.perDevice[old]; ok {
+		delete(g.attrH.perDevice, old)
+		g.attrH.perDevice[renamed] = h
+	}
+	if h, ok := g.rpcH.devices[old]; ok {
+		delete(g.rpcH.devices, old)
+		g.rpcH.devices[renamed] = h
+	}
+	if h, ok := g.rpcH.dMethods[old]; ok {
+		delete(g.rpcH.dMethods, old)
+		g.rpcH.dMethods[renamed] = h
+	}
+	if g.renamed == nil {
+		g.renamed = map[string]string{}
+	}
+	g.renamed[old] = renamed
+	for k, v := range g.renamed {
+		if v == old { // a chain of renames
+			g.renamed[k] = renamed
+		}
+	}
+	g.hasRenames.Store(true)
+	return profile, connected
+}
+
+// currentName follows renames announced by the server.
+func (g *Gateway) currentName(name string) string {
+	if !g.hasRenames.Load() {
+		return name
+	}
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.currentNameLocked(name)
+}
+
+func (g *Gateway) currentNameLocked(name string) string {
+	if n, ok := g.renamed[name]; ok {
+		return n
+	}
+	return name
+}
+
 // onDisconnectNotice handles the server's MQTT 5 notice that a device's
 // session was dropped ({"device":..,"reason":code}). Paho speaks MQTT 3.1.1,
 // where ThingsBoard never sends it, but a plain broker may echo our own
 // disconnects here; those carry no reason and are ignored.
 func (g *Gateway) onDisconnectNotice(payload []byte) {
+	device, reason, echo, err := decodeDisconnectNotice(payload)
+	switch {
+	case echo:
+		g.stats.echoes.Add(1)
+	case err != nil:
+		g.malformed(topicGatewayDisconnect, payload, err)
+	default:
+		g.log.Warn("tbgateway: server dropped device session", "device", device, "reason", reason)
+		g.deviceEvent(DeviceEvent{Kind: DeviceDropped, Device: device, Reason: reason})
+	}
+}
+
+func decodeDisconnectNotice(payload []byte) (device string, reason int, echo bool, err error) {
 	var n struct {
 		Device string `json:"device"`
 		Reason *int   `json:"reason"`
 	}
 	if err := json.Unmarshal(payload, &n); err != nil {
-		g.malformed(topicGatewayDisconnect, payload, err)
-		return
+		return "", 0, false, err
 	}
 	if n.Reason == nil {
-		g.stats.echoes.Add(1)
-		return
+		return "", 0, true, nil
 	}
-	g.log.Warn("tbgateway: server dropped device session", "device", n.Device, "reason", *n.Reason)
+	if n.Device == "" {
+		return "", 0, false, fmt.Errorf("notice without device")
+	}
+	return n.Device, *n.Reason, false, nil
+}
+
+// refreshLoop re-announces devices that sent nothing for the refresh
+// interval: ThingsBoard closes a sub-device session after 10 minutes
+// without uplinks, and the device then gets no RPC or attribute updates.
+func (g *Gateway) refreshLoop() {
+	every := g.opts.sessionRefresh / 4
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.done:
+			return
+		case <-t.C:
+		}
+		cutoff := time.Now().Add(-g.opts.sessionRefresh).UnixNano()
+		g.mu.RLock()
+		var quiet []DeviceInfo
+		for n, e := range g.devices {
+			if e.lastUplink.Load() < cutoff {
+				quiet = append(quiet, DeviceInfo{Name: n, Profile: e.profile})
+			}
+		}
+		g.mu.RUnlock()
+		for _, d := range quiet {
+			r := &outbox.Record{Topic: topicGatewayConnect, Body: encodeConnect(d.Name, d.Profile), DeviceName: d.Name, Note: d.Profile}
+			if err := g.put(g.ctx, []*outbox.Record{r}, outbox.NewWaiter(1, nil)); err != nil {
+				return
+			}
+			g.stats.refreshed.Add(1)
+		}
+	}
 }

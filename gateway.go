@@ -89,10 +89,13 @@ type Gateway struct {
 	lastError error
 
 	mu      sync.RWMutex
-	devices map[string]string // connected device -> profile
+	devices map[string]*deviceEntry // connected devices
 	attrH   attrHandlers
 	rpcH    rpcHandlers
 	running map[rpcKey]struct{} // RPCs whose handler has not answered yet
+	renamed map[string]string   // old name -> new name, from the server
+
+	hasRenames atomic.Bool
 
 	nextID    atomic.Int32
 	attrReqs  pending.Table[attrKey, attrReply]
@@ -136,7 +139,7 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 		done:       make(chan struct{}),
 		ready:      make(chan struct{}),
 		firstUp:    make(chan struct{}),
-		devices:    make(map[string]string),
+		devices:    make(map[string]*deviceEntry),
 		running:    make(map[rpcKey]struct{}),
 		acked:      make(chan struct{}, 1),
 		senderDone: make(chan struct{}),
@@ -227,6 +230,9 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 		return fail(fmt.Errorf("tbgateway: dial %s: %w", u.Redacted(), ctx.Err()))
 	}
 	go g.sendLoop()
+	if o.sessionRefresh > 0 {
+		go g.refreshLoop()
+	}
 	if g.qos0 != nil {
 		go g.qos0Loop()
 	}
@@ -410,8 +416,8 @@ func (g *Gateway) onConnect(c mqtt.Client) {
 func (g *Gateway) reannounce(c mqtt.Client) bool {
 	g.mu.RLock()
 	devs := make(map[string]string, len(g.devices))
-	for d, p := range g.devices {
-		devs[d] = p
+	for d, e := range g.devices {
+		devs[d] = e.profile
 	}
 	g.mu.RUnlock()
 	sem := make(chan struct{}, 16)
@@ -777,18 +783,32 @@ func (g *Gateway) onAck(m *outbox.Message) {
 	g.wake()
 }
 
-// recordAcked keeps the device registry in step with acknowledged connects
-// and disconnects.
+// recordAcked keeps the device registry in step with acknowledged
+// connects and disconnects, and notes each device's last uplink (for
+// WithSessionRefresh).
 func (g *Gateway) recordAcked(r *outbox.Record) {
 	switch r.Topic {
 	case topicGatewayConnect:
+		e := &deviceEntry{profile: r.Note}
+		e.lastUplink.Store(time.Now().UnixNano())
 		g.mu.Lock()
-		g.devices[r.DeviceName] = r.Note
+		g.devices[r.DeviceName] = e
 		g.mu.Unlock()
+		return
 	case topicGatewayDisconnect:
 		g.mu.Lock()
 		delete(g.devices, r.DeviceName)
 		g.mu.Unlock()
+		return
+	}
+	if r.DeviceName == "" || g.opts.sessionRefresh == 0 {
+		return
+	}
+	g.mu.RLock()
+	e := g.devices[r.DeviceName]
+	g.mu.RUnlock()
+	if e != nil {
+		e.lastUplink.Store(time.Now().UnixNano())
 	}
 }
 
@@ -917,12 +937,14 @@ type Stats struct {
 	HandlerPanics  uint64 // handler panics recovered
 	Reconnects     uint64 // successful reconnects after the first connection
 	Announced      uint64 // devices announced again after reconnects
+	Refreshed      uint64 // quiet devices announced again (WithSessionRefresh)
 }
 
 type counters struct {
 	published, acked, publishErrors, received, malformed, echoes atomic.Uint64
 	dropped, panics, reconnects, accepted, points, resent        atomic.Uint64
 	restored, refused, droppedOverflow, poisoned, announced      atomic.Uint64
+	refreshed                                                    atomic.Uint64
 }
 
 // Stats returns the current counters. It never blocks for long.
@@ -950,6 +972,7 @@ func (g *Gateway) Stats() Stats {
 		HandlerPanics:  s.panics.Load(),
 		Reconnects:     s.reconnects.Load(),
 		Announced:      s.announced.Load(),
+		Refreshed:      s.refreshed.Load(),
 	}
 }
 

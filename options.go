@@ -69,6 +69,8 @@ type options struct {
 	durablePath                  string
 	onConnection                 func(ConnectionEvent)
 	poisonThreshold              int
+	onDevice                     func(DeviceEvent)
+	sessionRefresh               time.Duration
 }
 
 func defaultOptions() options {
@@ -405,6 +407,34 @@ func WithPoisonThreshold(n int) Option {
 			return invalid("poison threshold %d", n)
 		}
 		o.poisonThreshold = n
+		return nil
+	}
+}
+
+// WithDeviceListener is told of ThingsBoard's notices about devices behind
+// the gateway (renamed, deleted, session dropped), on a goroutine of the
+// gateway. The gateway has already acted on them when it is called.
+func WithDeviceListener(f func(DeviceEvent)) Option {
+	return func(o *options) error {
+		if f == nil {
+			return invalid("nil device listener")
+		}
+		o.onDevice = f
+		return nil
+	}
+}
+
+// WithSessionRefresh announces a connected device again when it sent
+// nothing for d. ThingsBoard drops a sub-device's session after 10 minutes
+// without uplinks (transport.sessions.inactivity_timeout), after which the
+// device gets no RPC or attribute updates; a refresh below that, such as 5
+// minutes, keeps quiet devices reachable. Off by default.
+func WithSessionRefresh(d time.Duration) Option {
+	return func(o *options) error {
+		if d < time.Second {
+			return invalid("session refresh %v", d)
+		}
+		o.sessionRefresh = d
 		return nil
 	}
 }

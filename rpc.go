@@ -110,11 +110,11 @@ func (g *Gateway) OnRPCMethod(method string, h RPCHandler) {
 
 // OnRPC sets the handler for RPCs to this device; it takes precedence over
 // the gateway's handlers (nil removes it).
-func (d *Device) OnRPC(h RPCHandler) { d.g.setDeviceRPC(d.name, "", h) }
+func (d *Device) OnRPC(h RPCHandler) { d.g.setDeviceRPC(d.Name(), "", h) }
 
 // OnRPCMethod sets the handler for one method of this device, the most
 // specific handler of all (nil removes it).
-func (d *Device) OnRPCMethod(method string, h RPCHandler) { d.g.setDeviceRPC(d.name, method, h) }
+func (d *Device) OnRPCMethod(method string, h RPCHandler) { d.g.setDeviceRPC(d.Name(), method, h) }
 
 // OnRPC sets the handler for server RPCs to the gateway itself
 // (v1/devices/me/rpc/request/{id}).
@@ -249,9 +249,17 @@ func (g *Gateway) serveRPC(h RPCHandler, req *RPCRequest) {
 	}()
 	var result any
 	var err error
-	if h == nil {
+	switch {
+	case req.Device == "" && (req.Method == methodDeviceRenamed || req.Method == methodDeviceDeleted):
+		// The gateway acts on the notice itself (and tells the device
+		// listener); a user handler for the method may still answer.
+		err = g.onDeviceNotice(req)
+		if h != nil && err == nil {
+			result, err = g.callHandler(h, req)
+		}
+	case h == nil:
 		err = fmt.Errorf("no handler for method %q", req.Method)
-	} else {
+	default:
 		result, err = g.callHandler(h, req)
 	}
 	topic, payload := encodeRPCReply(req, result, err)

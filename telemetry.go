@@ -92,13 +92,13 @@ func (g *Gateway) PublishTelemetryAsync(ctx context.Context, t Telemetry, done f
 // PublishTelemetry sends entries for this device; see
 // Gateway.PublishTelemetry.
 func (d *Device) PublishTelemetry(ctx context.Context, entries ...Entry) error {
-	return d.g.PublishTelemetry(ctx, Telemetry{d.name: entries})
+	return d.g.PublishTelemetry(ctx, Telemetry{d.Name(): entries})
 }
 
 // PublishTelemetryAsync queues entries for this device; see
 // Gateway.PublishTelemetryAsync.
 func (d *Device) PublishTelemetryAsync(ctx context.Context, done func(error), entries ...Entry) error {
-	return d.g.PublishTelemetryAsync(ctx, Telemetry{d.name: entries}, done)
+	return d.g.PublishTelemetryAsync(ctx, Telemetry{d.Name(): entries}, done)
 }
 
 // PublishTelemetry sends the gateway's own telemetry on
