@@ -290,7 +290,7 @@ func decodeAttributeResponse(payload []byte) (attrKey, attrReply, error) {
 	}
 	device, ok1 := m["device"].(string)
 	id, ok2 := m["id"].(int64)
-	if !ok1 || !ok2 || id != int64(int32(id)) {
+	if !ok1 || !ok2 || device == "" || id != int64(int32(id)) {
 		return attrKey{}, r, errors.New("missing or invalid device or id")
 	}
 	r.value, r.hasValue = m["value"]
@@ -382,6 +382,9 @@ func decodeAttributeUpdate(payload []byte) (u AttributeUpdate, echo bool, err er
 		}
 		return u, false, errors.New("not {\"device\",\"data\"}")
 	}
+	if device == "" {
+		return u, false, errors.New("empty device name")
+	}
 	return splitUpdate(device, data), false, nil
 }
 
@@ -416,7 +419,7 @@ func splitUpdate(device string, data map[string]any) AttributeUpdate {
 				names = append(names, s)
 			}
 		}
-		if len(names) == len(del) {
+		if len(names) > 0 && len(names) == len(del) {
 			u.Deleted = names
 			delete(data, attributeUpdateDeletedField)
 		}

@@ -87,6 +87,7 @@ type Gateway struct {
 	connects  int
 	upSince   time.Time
 	lastError error
+	connState ConnectionState
 
 	mu      sync.RWMutex
 	devices map[string]*deviceEntry // connected devices
@@ -195,7 +196,7 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 		SetDefaultPublishHandler(g.onMessage).
 		SetOnConnectHandler(g.onConnect).
 		SetConnectionLostHandler(g.onConnectionLost).
-		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { g.event(ConnectionEvent{State: Reconnecting}) })
+		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { g.setConnState(Reconnecting, nil) })
 	if t := o.tls(); t != nil {
 		po.SetTLSConfig(t)
 	}
@@ -216,18 +217,18 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
-		return fail(fmt.Errorf("tbgateway: dial %s: %w", u.Redacted(), ctx.Err()))
+		return fail(fmt.Errorf("tbgateway: dial %s: %w", safeURL(u), ctx.Err()))
 	}
 	if err := tok.Error(); err != nil {
 		if ct, ok := tok.(*mqtt.ConnectToken); ok && ct.ReturnCode() >= 1 && ct.ReturnCode() <= 5 {
 			return fail(&ConnectError{Code: ct.ReturnCode(), Err: err})
 		}
-		return fail(fmt.Errorf("tbgateway: dial %s: %w", u.Redacted(), err))
+		return fail(fmt.Errorf("tbgateway: dial %s: %w", safeURL(u), err))
 	}
 	select {
 	case <-g.firstUp:
 	case <-ctx.Done():
-		return fail(fmt.Errorf("tbgateway: dial %s: %w", u.Redacted(), ctx.Err()))
+		return fail(fmt.Errorf("tbgateway: dial %s: %w", safeURL(u), ctx.Err()))
 	}
 	go g.sendLoop()
 	if o.sessionRefresh > 0 {
@@ -236,8 +237,16 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 	if g.qos0 != nil {
 		go g.qos0Loop()
 	}
-	g.log.Info("tbgateway: connected", "broker", u.Redacted(), "client_id", o.clientID)
+	g.log.Info("tbgateway: connected", "broker", safeURL(u), "client_id", o.clientID)
 	return g, nil
+}
+
+// safeURL is the broker URL without user information: an access token may
+// be given there, and it must never reach a log or an error.
+func safeURL(u *url.URL) string {
+	v := *u
+	v.User = nil
+	return v.String()
 }
 
 // Close ends the session. While connected it first waits, until ctx ends,
@@ -406,7 +415,7 @@ func (g *Gateway) onConnect(c mqtt.Client) {
 	}
 	g.state.Unlock()
 	g.upOnce.Do(func() { close(g.firstUp) })
-	g.event(ConnectionEvent{State: Up})
+	g.setConnState(Up, nil)
 }
 
 // reannounce sends v1/gateway/connect again for every connected device,
@@ -461,7 +470,24 @@ func (g *Gateway) onConnectionLost(_ mqtt.Client, err error) {
 	g.state.Unlock()
 	g.failPending(ErrConnectionLost)
 	g.checkPoison(upFor)
-	g.event(ConnectionEvent{State: Down, Err: err})
+	g.setConnState(Down, err)
+}
+
+// setConnState reports state changes in a sensible order: paho calls its
+// lost and reconnecting handlers on goroutines of their own, so a
+// reconnect attempt can be seen before the loss.
+func (g *Gateway) setConnState(s ConnectionState, err error) {
+	g.state.Lock()
+	defer g.state.Unlock()
+	switch {
+	case s == Down && g.connState != Up:
+		return // already reported
+	case s == Reconnecting && g.connState == Up:
+		g.connState = Down
+		g.event(ConnectionEvent{State: Down, Err: errors.New("connection lost")})
+	}
+	g.connState = s
+	g.event(ConnectionEvent{State: s, Err: err})
 }
 
 func (g *Gateway) failPending(err error) {

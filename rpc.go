@@ -353,8 +353,9 @@ func rpcErrorOf(reply []byte) (string, bool) {
 	if json.Unmarshal(reply, &m) != nil || len(m) != 1 {
 		return "", false
 	}
+	raw, ok := m["error"]
 	var msg string
-	if raw, ok := m["error"]; !ok || json.Unmarshal(raw, &msg) != nil {
+	if !ok || len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &msg) != nil {
 		return "", false
 	}
 	return msg, true

@@ -27,7 +27,7 @@ func Decode(data []byte) (any, error) {
 	if err := d.Decode(&v); err != nil {
 		return nil, err
 	}
-	if _, err := d.Token(); err == nil {
+	if len(bytes.TrimLeft(data[d.InputOffset():], " \t\r\n")) > 0 {
 		return nil, errors.New("jsonx: trailing data after JSON value")
 	}
 	return Normalize(v), nil
@@ -65,7 +65,9 @@ func Normalize(v any) any {
 }
 
 // Number converts a JSON number literal to int64 when it is written as an
-// integer and fits, else to float64.
+// integer and fits, else to float64. A literal beyond the range of float64
+// stays a json.Number, so that nothing is lost and it encodes back as it
+// came.
 func Number(n json.Number) any {
 	s := string(n)
 	if !strings.ContainsAny(s, ".eE") {
@@ -75,7 +77,7 @@ func Number(n json.Number) any {
 	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil {
-		return s
+		return n
 	}
 	return f
 }

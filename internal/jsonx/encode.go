@@ -148,7 +148,7 @@ func AppendObject(dst []byte, m map[string]any, s *Scratch) ([]byte, error) {
 		dst = AppendString(dst, k)
 		dst = append(dst, ':')
 		var err error
-		if dst, err = AppendValue(dst, m[k], s); err != nil {
+		if dst, err = appendNested(dst, m[k], s); err != nil {
 			return dst, &KeyError{Key: k, Err: err}
 		}
 	}

@@ -1,0 +1,10 @@
+package ratelimit
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package if a test leaves a waiter goroutine behind.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
