@@ -464,7 +464,7 @@ func (s *GatewayDevice) RequestAttributes(ctx context.Context, keys AttributeKey
 	}
 	ctx, cancel := g.requestContext(ctx)
 	defer cancel()
-	id := g.newID()
+	id := g.newOwnID()
 	ch, _ := g.selfAttrs.Add(id)
 	defer g.selfAttrs.Remove(id)
 	b := encodeSelfAttrRequest(keys)

@@ -49,6 +49,9 @@ var (
 	// ErrPoisonMessage: the server closed the connection every time the
 	// message was sent, so it was set aside (see Gateway.PoisonMessages).
 	ErrPoisonMessage = errors.New("tbgateway: message set aside as poison")
+	// ErrRateLimit: a message could never be admitted by ThingsBoard's rate
+	// limits (more data points than a whole window allows).
+	ErrRateLimit = errors.New("tbgateway: exceeds the rate limit")
 	// ErrInvalidOption: an Option was given a value it cannot take.
 	ErrInvalidOption = errors.New("tbgateway: invalid option")
 	// ErrMalformedReply: the server's answer could not be decoded.

@@ -29,6 +29,7 @@ import (
 	"github.com/thingsgate/tbgateway/internal/dispatch"
 	"github.com/thingsgate/tbgateway/internal/outbox"
 	"github.com/thingsgate/tbgateway/internal/pending"
+	"github.com/thingsgate/tbgateway/internal/ratelimit"
 )
 
 // Topics of the gateway's own device API.
@@ -77,6 +78,10 @@ type Gateway struct {
 	tracker    *outbox.Tracker
 	durable    *outbox.BoltStore // nil without WithDurableQueue
 	acked      chan struct{}     // a PUBACK freed room in the in-flight window
+	gwBucket   *ratelimit.Bucket // sub-device traffic (v1/gateway/*), shared
+	ownBucket  *ratelimit.Bucket // the gateway's own traffic (v1/devices/me/*)
+	maxPayload atomic.Int64      // the server's limit, as last reported
+	window     atomic.Int64      // in-flight window, as last reported
 	senderDone chan struct{}
 	qos0       chan *outbox.Message
 
@@ -98,7 +103,8 @@ type Gateway struct {
 
 	hasRenames atomic.Bool
 
-	nextID    atomic.Int32
+	nextID    atomic.Int32 // gateway attribute requests
+	nextOwnID atomic.Int32 // the gateway's own attribute requests and calls
 	attrReqs  pending.Table[attrKey, attrReply]
 	selfAttrs pending.Table[int32, []byte]
 	calls     pending.Table[int32, []byte]
@@ -155,6 +161,10 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 	g.rpcs = dispatch.NewLane(o.rpcWorkers, o.handlerQueue, onPanic)
 	g.callbacks = dispatch.NewLane(1, 1<<16, onPanic)
 	g.queue = outbox.NewQueue(o.queueMsgs, o.queueBytes, o.overflow, g.onDrop)
+	g.maxPayload.Store(int64(o.maxPayloadSize))
+	g.window.Store(int64(o.maxInflight))
+	g.gwBucket = ratelimit.NewBucket(o.gatewayLimits, o.rateMargin)
+	g.ownBucket = ratelimit.NewBucket(o.ownLimits, o.rateMargin)
 	g.tracker = outbox.NewTracker(g.onAck)
 	if o.qos == 0 {
 		g.qos0 = make(chan *outbox.Message, o.maxInflight)
@@ -406,6 +416,9 @@ func (g *Gateway) onConnect(c mqtt.Client) {
 	} else if err := tok.Error(); err != nil {
 		g.log.Warn("tbgateway: subscribe failed", "err", err)
 	}
+	if g.opts.sessionLimits {
+		go g.askSessionLimits()
+	}
 	if n > 1 && !g.reannounce(c) {
 		return // the connection dropped again; the next onConnect starts over
 	}
@@ -562,8 +575,8 @@ func (g *Gateway) PoisonMessages() []PoisonMessage {
 // publish sends one whole message through the queue and waits for its
 // acknowledgement; see send.
 func (g *Gateway) publish(ctx context.Context, r *outbox.Record) error {
-	if n := outbox.Overhead(r.Topic, g.opts.qos) + len(r.Body); n > g.opts.maxPayloadSize {
-		return &PayloadTooLargeError{Topic: r.Topic, Size: n, Limit: g.opts.maxPayloadSize}
+	if n, max := outbox.Overhead(r.Topic, g.opts.qos)+len(r.Body), g.limit().max; n > max {
+		return &PayloadTooLargeError{Topic: r.Topic, Size: n, Limit: max}
 	}
 	return g.send(ctx, []*outbox.Record{r})
 }
@@ -652,8 +665,48 @@ func (g *Gateway) onDrop(r *outbox.Record) {
 	}
 }
 
+// limit is what one message may carry: the server's maximum payload size
+// and, under a data-point rate limit, the most data points one message can
+// ever be admitted with.
 func (g *Gateway) limit() sizeLimit {
-	return sizeLimit{max: g.opts.maxPayloadSize, qos: g.opts.qos}
+	return sizeLimit{max: int(g.maxPayload.Load()), qos: g.opts.qos, maxPoints: g.gwBucket.MaxDataPoints()}
+}
+
+// askSessionLimits calls getSessionLimits on every connect and applies the
+// answer: the maximum payload size, the in-flight window and the rate
+// limits. A plain broker never answers; the configured limits stay.
+func (g *Gateway) askSessionLimits() {
+	ctx, cancel := context.WithTimeout(g.ctx, g.opts.requestTimeout)
+	defer cancel()
+	l, err := g.self.sessionLimits(ctx, true)
+	if err != nil {
+		g.log.Debug("tbgateway: no session limits from the server", "err", err)
+		return
+	}
+	g.applySessionLimits(l)
+}
+
+func (g *Gateway) applySessionLimits(l SessionLimits) {
+	if l.MaxPayloadSize > 0 {
+		g.maxPayload.Store(int64(min(l.MaxPayloadSize, g.opts.maxPayloadSize)))
+	}
+	if l.MaxInflightMessages > 0 {
+		g.window.Store(int64(min(l.MaxInflightMessages, g.opts.maxInflight)))
+	}
+	if gw, err := l.GatewayRateLimits.parse(); err == nil {
+		g.gwBucket.SetLimits(gw)
+	} else {
+		g.log.Warn("tbgateway: unreadable gateway rate limits", "err", err)
+	}
+	if own, err := l.RateLimits.parse(); err == nil {
+		g.ownBucket.SetLimits(own)
+	} else {
+		g.log.Warn("tbgateway: unreadable rate limits", "err", err)
+	}
+	g.stats.limitsApplied.Add(1)
+	g.log.Info("tbgateway: session limits applied", "max_payload_size", g.maxPayload.Load(),
+		"max_inflight", g.window.Load(), "gateway_rate_limits", l.GatewayRateLimits, "rate_limits", l.RateLimits)
+	g.wake()
 }
 
 func (g *Gateway) readyChan() <-chan struct{} {
@@ -682,7 +735,7 @@ func (g *Gateway) sendLoop() {
 		case <-g.done:
 			return
 		}
-		if g.tracker.Count() >= g.opts.maxInflight {
+		if g.tracker.Count() >= int(g.window.Load()) {
 			select {
 			case <-g.acked:
 			case <-g.done:
@@ -700,7 +753,8 @@ func (g *Gateway) sendLoop() {
 			}
 			continue
 		}
-		msg, n := outbox.Pack(recs, g.opts.maxPayloadSize, g.opts.qos, g.opts.coalesce)
+		lim := g.limit()
+		msg, n := outbox.Pack(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
 		// Linger: give other calls a moment to add to a message that is
 		// not full yet.
 		if g.opts.linger > 0 && recs[0].Kind != outbox.Raw && n == len(recs) {
@@ -721,12 +775,51 @@ func (g *Gateway) sendLoop() {
 					continue
 				}
 				recs, _ = g.queue.Peek(4096)
-				msg, n = outbox.Pack(recs, g.opts.maxPayloadSize, g.opts.qos, g.opts.coalesce)
+				msg, n = outbox.Pack(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
 			}
 		}
 		g.queue.Remove(n)
+		if size := msg.Size(g.opts.qos); size > lim.max {
+			// Queued before the server lowered its limit.
+			g.failRecords(&msg, &PayloadTooLargeError{Topic: msg.Topic, Size: size, Limit: lim.max})
+			continue
+		}
+		if err := g.pace(&msg); err != nil {
+			if g.closed() {
+				_ = g.queue.Put(context.Background(), msg.Records, true)
+				return
+			}
+			g.failRecords(&msg, err)
+			continue
+		}
 		g.transmit(&msg)
 	}
+}
+
+// pace waits until ThingsBoard's rate limits admit m: telemetry and
+// attribute posts count one telemetry message and their data points,
+// everything else one message; a connect also pays for the device's
+// creation and session on the server.
+func (g *Gateway) pace(m *outbox.Message) error {
+	bucket := g.gwBucket
+	if strings.HasPrefix(m.Topic, "v1/devices/me/") {
+		bucket = g.ownBucket
+	}
+	var cost ratelimit.Cost
+	switch {
+	case m.Topic == topicGatewayTelemetry || m.Topic == topicGatewayAttributes ||
+		m.Topic == topicSelfTelemetry || m.Topic == topicSelfAttributes:
+		cost = ratelimit.TelemetryCost(m.Points)
+	case m.Topic == topicGatewayConnect:
+		cost = ratelimit.MessageCost(3)
+	default:
+		cost = ratelimit.MessageCost(1)
+	}
+	err := bucket.Wait(g.ctx, cost)
+	if errors.Is(err, ratelimit.ErrCostExceedsBurst) {
+		return fmt.Errorf("%w: %v", ErrRateLimit, err)
+	}
+	return err
 }
 
 // transmit hands one message to paho.
@@ -964,13 +1057,14 @@ type Stats struct {
 	Reconnects     uint64 // successful reconnects after the first connection
 	Announced      uint64 // devices announced again after reconnects
 	Refreshed      uint64 // quiet devices announced again (WithSessionRefresh)
+	LimitsApplied  uint64 // getSessionLimits answers applied
 }
 
 type counters struct {
 	published, acked, publishErrors, received, malformed, echoes atomic.Uint64
 	dropped, panics, reconnects, accepted, points, resent        atomic.Uint64
 	restored, refused, droppedOverflow, poisoned, announced      atomic.Uint64
-	refreshed                                                    atomic.Uint64
+	refreshed, limitsApplied                                     atomic.Uint64
 }
 
 // Stats returns the current counters. It never blocks for long.
@@ -999,6 +1093,7 @@ func (g *Gateway) Stats() Stats {
 		Reconnects:     s.reconnects.Load(),
 		Announced:      s.announced.Load(),
 		Refreshed:      s.refreshed.Load(),
+		LimitsApplied:  s.limitsApplied.Load(),
 	}
 }
 
@@ -1011,15 +1106,20 @@ func (g *Gateway) requestContext(ctx context.Context) (context.Context, context.
 	return context.WithTimeout(ctx, g.opts.requestTimeout)
 }
 
-// newID returns the next request id, a positive int32 as the server reads
-// ids with getAsInt.
-func (g *Gateway) newID() int32 {
+// newID returns the next id of a gateway attribute request, a positive
+// int32 as the server reads ids with getAsInt.
+func (g *Gateway) newID() int32 { return nextPositive(&g.nextID) }
+
+// newOwnID returns the next id of the gateway's own requests and calls.
+func (g *Gateway) newOwnID() int32 { return nextPositive(&g.nextOwnID) }
+
+func nextPositive(c *atomic.Int32) int32 {
 	for {
-		id := g.nextID.Add(1)
+		id := c.Add(1)
 		if id > 0 {
 			return id
 		}
-		g.nextID.CompareAndSwap(id, 0)
+		c.CompareAndSwap(id, 0)
 	}
 }
 

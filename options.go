@@ -13,6 +13,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/thingsgate/tbgateway/internal/outbox"
+	"github.com/thingsgate/tbgateway/internal/ratelimit"
 )
 
 // Option configures a Gateway at Dial.
@@ -71,6 +72,9 @@ type options struct {
 	poisonThreshold              int
 	onDevice                     func(DeviceEvent)
 	sessionRefresh               time.Duration
+	sessionLimits                bool
+	ownLimits, gatewayLimits     ratelimit.Limits
+	rateMargin                   float64
 }
 
 func defaultOptions() options {
@@ -89,6 +93,8 @@ func defaultOptions() options {
 		maxInflight:       DefaultMaxInflight,
 		coalesce:          true,
 		poisonThreshold:   DefaultPoisonThreshold,
+		sessionLimits:     true,
+		rateMargin:        ratelimit.DefaultMargin,
 	}
 }
 
@@ -435,6 +441,47 @@ func WithSessionRefresh(d time.Duration) Option {
 			return invalid("session refresh %v", d)
 		}
 		o.sessionRefresh = d
+		return nil
+	}
+}
+
+// WithRateLimits paces publishing under ThingsBoard's rate limits when the
+// server does not report them: own applies to the gateway's own traffic,
+// gateway to all traffic of the devices behind it together (one bucket).
+// Each field is ThingsBoard's "capacity:seconds[,capacity:seconds...]"
+// notation; "" is unlimited. Limits reported by getSessionLimits replace
+// them. By default there are none until the server reports some.
+func WithRateLimits(own, gateway RateLimits) Option {
+	return func(o *options) error {
+		var err error
+		if o.ownLimits, err = own.parse(); err != nil {
+			return invalid("rate limits: %v", err)
+		}
+		if o.gatewayLimits, err = gateway.parse(); err != nil {
+			return invalid("gateway rate limits: %v", err)
+		}
+		return nil
+	}
+}
+
+// WithRateLimitMargin sets the share of each rate-limit window the gateway
+// uses (default 0.9), so that timer differences between client and server
+// never cause a breach, which makes ThingsBoard close the connection.
+func WithRateLimitMargin(m float64) Option {
+	return func(o *options) error {
+		if m <= 0 || m > 1 {
+			return invalid("rate limit margin %v", m)
+		}
+		o.rateMargin = m
+		return nil
+	}
+}
+
+// WithoutSessionLimits stops the gateway from asking getSessionLimits on
+// every connect (and applying the answer).
+func WithoutSessionLimits() Option {
+	return func(o *options) error {
+		o.sessionLimits = false
 		return nil
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/thingsgate/tbgateway/internal/jsonx"
 	"github.com/thingsgate/tbgateway/internal/outbox"
+	"github.com/thingsgate/tbgateway/internal/ratelimit"
 )
 
 const topicGatewayRPC = "v1/gateway/rpc"
@@ -331,7 +332,7 @@ func (s *GatewayDevice) Call(ctx context.Context, method string, params any) (js
 
 	ctx, cancel := g.requestContext(ctx)
 	defer cancel()
-	id := g.newID()
+	id := g.newOwnID()
 	ch, _ := g.calls.Add(id)
 	defer g.calls.Remove(id)
 	if err := g.publish(ctx, &outbox.Record{Topic: topicSelfRPCRequestPrefix + strconv.Itoa(int(id)), Body: b}); err != nil {
@@ -415,10 +416,23 @@ type RateLimits struct {
 }
 
 // SessionLimits asks the server for this gateway's limits with the
-// getSessionLimits RPC. It blocks like Call.
+// getSessionLimits RPC. It blocks like Call. The gateway also asks on every
+// connect and applies the answer by itself (WithSessionLimits).
 func (s *GatewayDevice) SessionLimits(ctx context.Context) (SessionLimits, error) {
+	return s.sessionLimits(ctx, false)
+}
+
+// sessionLimits with direct set bypasses the outbound queue, which is held
+// while the gateway (re)connects.
+func (s *GatewayDevice) sessionLimits(ctx context.Context, direct bool) (SessionLimits, error) {
 	var l SessionLimits
-	raw, err := s.Call(ctx, "getSessionLimits", nil)
+	var raw json.RawMessage
+	var err error
+	if direct {
+		raw, err = s.callDirect(ctx, methodSessionLimits)
+	} else {
+		raw, err = s.Call(ctx, methodSessionLimits, nil)
+	}
 	if err != nil {
 		return l, err
 	}
@@ -426,6 +440,30 @@ func (s *GatewayDevice) SessionLimits(ctx context.Context) (SessionLimits, error
 		return l, fmt.Errorf("%w: getSessionLimits: %v", ErrMalformedReply, err)
 	}
 	return l, nil
+}
+
+const methodSessionLimits = "getSessionLimits"
+
+// callDirect is Call without the queue, for the connect sequence.
+func (s *GatewayDevice) callDirect(ctx context.Context, method string) (json.RawMessage, error) {
+	g := s.g
+	b, err := encodeCall(method, nil)
+	if err != nil {
+		return nil, err
+	}
+	id := g.newOwnID()
+	ch, _ := g.calls.Add(id)
+	defer g.calls.Remove(id)
+	topic := topicSelfRPCRequestPrefix + strconv.Itoa(int(id))
+	g.echo.add(topic, b)
+	if tok := g.client.Publish(topic, g.opts.qos, false, b); !tok.WaitTimeout(g.opts.requestTimeout) || tok.Error() != nil {
+		return nil, fmt.Errorf("tbgateway: %s: %w", method, ErrConnectionLost)
+	}
+	return await(ctx, g, ch, func() { g.calls.Remove(id) })
+}
+
+func (r RateLimits) parse() (ratelimit.Limits, error) {
+	return ratelimit.ParseLimits(r.Messages, r.TelemetryMessages, r.TelemetryDataPoints)
 }
 
 // GatewayDevice is the gateway's own device API (v1/devices/me/*): its

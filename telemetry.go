@@ -156,8 +156,9 @@ func (e *encoder) payload() []byte { return bytes.Clone(e.buf) }
 // sizeLimit is what one message may weigh: the server's maximum remaining
 // length, at the gateway's QoS.
 type sizeLimit struct {
-	max int
-	qos byte
+	max       int
+	qos       byte
+	maxPoints int // data points one message may carry; 0: no limit
 }
 
 // unlimited is the size limit of encoders used for whole payloads.
@@ -218,10 +219,13 @@ func (e *encoder) split(recs []*outbox.Record, kind outbox.Kind, name string, li
 		if fixed+n > lim.max {
 			return nil, &PayloadTooLargeError{Topic: r.TopicOf(), Size: fixed + n, Limit: lim.max}
 		}
+		if lim.maxPoints > 0 && it.points > lim.maxPoints {
+			return nil, &ValueError{Device: name, Err: fmt.Errorf("%w: an entry of %d data points exceeds the rate limit's burst of %d", ErrRateLimit, it.points, lim.maxPoints)}
+		}
 		if i > first {
 			n++ // comma
 		}
-		if size+n > lim.max {
+		if size+n > lim.max || (lim.maxPoints > 0 && points+it.points > lim.maxPoints) {
 			flush(i - 1)
 			first, size, points = i, fixed, 0
 			n = it.end - it.start
@@ -239,7 +243,7 @@ func (e *encoder) pack(recs []*outbox.Record, err error) error {
 	if err != nil {
 		return err
 	}
-	m, n := outbox.Pack(recs, math.MaxInt, 1, true)
+	m, n := outbox.Pack(recs, math.MaxInt, 0, 1, true)
 	if n != len(recs) {
 		return fmt.Errorf("packed %d of %d records", n, len(recs))
 	}

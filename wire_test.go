@@ -24,7 +24,8 @@ func dial(t *testing.T, b *testbroker.Broker, opts ...tb.Option) *tb.Gateway {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	g, err := tb.Dial(ctx, b.URL, append([]tb.Option{tb.WithAccessToken("test-token")}, opts...)...)
+	// A plain broker never answers getSessionLimits.
+	g, err := tb.Dial(ctx, b.URL, append([]tb.Option{tb.WithAccessToken("test-token"), tb.WithoutSessionLimits()}, opts...)...)
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)

@@ -34,11 +34,12 @@ func Overhead(topic string, qos byte) int {
 // Pack builds one message from the head of recs and returns it with the
 // number of records it took. A Raw record is a message of its own. With
 // merge, a run of records of the same mergeable kind is packed into one
-// message while its remaining length stays within limit, records of one
+// message while its remaining length stays within limit and its data
+// points within maxPoints (0: no limit), records of one
 // device grouped under one key in their order; the size is counted on the
 // encoded bytes, not estimated. The head record is always taken, even if
 // it alone is over the limit (the caller checks Size).
-func Pack(recs []*Record, limit int, qos byte, merge bool) (Message, int) {
+func Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool) (Message, int) {
 	head := recs[0]
 	if head.Kind == Raw {
 		return Message{Topic: head.Topic, Payload: head.Body, Records: []*Record{head}, Points: head.Points}, 1
@@ -72,7 +73,7 @@ func Pack(recs []*Record, limit int, qos byte, merge bool) (Message, int) {
 				add++
 			}
 		}
-		if n > 0 && size+add > limit {
+		if n > 0 && (size+add > limit || (maxPoints > 0 && points+r.Points > maxPoints)) {
 			break
 		}
 		size += add
