@@ -388,4 +388,3 @@ func TestPublishWhileDown(t *testing.T) {
 	assert.Less(t, lastConnect, data, "re-announce precedes queued data")
 	assert.Greater(t, g.Stats().Announced, uint64(0))
 }
-

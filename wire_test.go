@@ -309,10 +309,13 @@ func TestWireDownlinks(t *testing.T) {
 		m := obs.Wait(t, "v1/devices/me/rpc/response/"+id, 1, wait)[0]
 		assert.Equal(t, `"done"`, string(m.Payload))
 	}
-	assert.Equal(t, "gateway_device_deleted", func() string {
-		send("self-rpc-device-deleted")
-		return (<-self).Method
-	}())
+	pub.Publish(t, "v1/devices/me/rpc/request/44", `{"method":"gateway_device_deleted","params":"Device B"}`)
+	select {
+	case r := <-self:
+		assert.Equal(t, "gateway_device_deleted", r.Method)
+	case <-time.After(wait):
+		t.Fatal("no RPC")
+	}
 
 	selfUpd := make(chan tb.AttributeUpdate, 1)
 	g.Self().OnAttributeUpdate(func(_ context.Context, u tb.AttributeUpdate) { selfUpd <- u })
