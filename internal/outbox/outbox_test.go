@@ -1,0 +1,184 @@
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func tele(dev, body string, points int) *Record {
+	b, _ := json.Marshal(dev)
+	return &Record{Kind: Telemetry, Device: string(b), DeviceName: dev, Body: []byte(body), Points: points}
+}
+
+func TestPackGroupsByDeviceInOrder(t *testing.T) {
+	recs := []*Record{
+		tele("A", `{"ts":1,"values":{"a":1}}`, 1),
+		tele("B", `{"ts":1,"values":{"b":1}}`, 1),
+		tele("A", `{"ts":2,"values":{"a":2}}`, 1),
+		{Kind: Raw, Topic: "v1/gateway/connect", Body: []byte(`{"device":"C"}`)},
+		tele("C", `{"ts":1,"values":{"c":1}}`, 1),
+	}
+	m, n := Pack(recs, 1<<16, 0, 1, true)
+	assert.Equal(t, 3, n, "a raw record ends the run")
+	assert.Equal(t, TopicTelemetry, m.Topic)
+	assert.Equal(t, `{"A":[{"ts":1,"values":{"a":1}},{"ts":2,"values":{"a":2}}],"B":[{"ts":1,"values":{"b":1}}]}`, string(m.Payload))
+	assert.Equal(t, 3, m.Points)
+	assert.True(t, json.Valid(m.Payload))
+
+	m, n = Pack(recs[3:], 1<<16, 0, 1, true)
+	assert.Equal(t, 1, n)
+	assert.Equal(t, `{"device":"C"}`, string(m.Payload))
+
+	// Without merging every record is a message of its own.
+	m, n = Pack(recs, 1<<16, 0, 1, false)
+	assert.Equal(t, 1, n)
+	assert.Equal(t, `{"A":[{"ts":1,"values":{"a":1}}]}`, string(m.Payload))
+}
+
+// TestPackNeverExceedsLimit packs random records at random limits and
+// checks every message against the limit on its real encoded size, and that
+// the limit is used tightly: the next record would not have fitted.
+func TestPackNeverExceedsLimit(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := 0; round < 200; round++ {
+		var recs []*Record
+		for i := 0; i < 300; i++ {
+			body := fmt.Sprintf(`{"ts":%d,"values":{"v":"%s"}}`, i, strings.Repeat("x", rng.IntN(40)))
+			recs = append(recs, tele(fmt.Sprintf("dev-%d", rng.IntN(8)), body, 1))
+		}
+		limit := 200 + rng.IntN(3000)
+		maxPoints := 0
+		if rng.IntN(2) == 0 {
+			maxPoints = 1 + rng.IntN(20)
+		}
+		total := 0
+		for len(recs) > 0 {
+			m, n := Pack(recs, limit, maxPoints, 1, true)
+			require.Greater(t, n, 0)
+			require.True(t, json.Valid(m.Payload), "%s", m.Payload)
+			size := m.Size(1)
+			require.LessOrEqual(t, size, limit)
+			if maxPoints > 0 {
+				require.LessOrEqual(t, m.Points, maxPoints)
+			}
+			if n < len(recs) && (maxPoints == 0 || m.Points+recs[n].Points <= maxPoints) {
+				// The next record would have overflowed.
+				next, _ := Pack(append(append([]*Record(nil), recs[:n]...), recs[n]), 1<<30, 0, 1, true)
+				require.Greater(t, next.Size(1), limit)
+			}
+			total += n
+			recs = recs[n:]
+		}
+		assert.Equal(t, 300, total)
+	}
+}
+
+func TestQueuePolicies(t *testing.T) {
+	ctx := context.Background()
+	r := func() *Record { return &Record{Kind: Raw, Topic: "t", Body: []byte("0123456789")} }
+
+	q := NewQueue(2, 1000, FailFast, nil)
+	require.NoError(t, q.Put(ctx, []*Record{r(), r()}, false))
+	assert.ErrorIs(t, q.Put(ctx, []*Record{r()}, false), ErrFull)
+	assert.ErrorIs(t, q.Put(ctx, []*Record{r(), r(), r()}, false), ErrTooBig)
+
+	var dropped []*Record
+	q = NewQueue(3, 1000, DropOldest, func(x *Record) { dropped = append(dropped, x) })
+	first := r()
+	require.NoError(t, q.Put(ctx, []*Record{first, r(), r()}, false))
+	require.NoError(t, q.Put(ctx, []*Record{r()}, false))
+	assert.Equal(t, []*Record{first}, dropped)
+	assert.Equal(t, uint64(1), q.Dropped())
+
+	q = NewQueue(100, 25, Block, nil) // bytes bound: two records
+	require.NoError(t, q.Put(ctx, []*Record{r(), r()}, false))
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	assert.ErrorIs(t, q.Put(short, []*Record{r()}, false), context.DeadlineExceeded)
+	done := make(chan error, 1)
+	go func() { done <- q.Put(ctx, []*Record{r()}, false) }()
+	time.Sleep(10 * time.Millisecond)
+	q.Remove(1)
+	require.NoError(t, <-done)
+	n, b := q.Len()
+	assert.Equal(t, 2, n)
+	assert.Equal(t, 22, b)
+
+	// Re-queued records go to the front, whatever the bounds.
+	front := r()
+	require.NoError(t, q.Put(ctx, []*Record{front}, true))
+	got, _ := q.Peek(10)
+	assert.Same(t, front, got[0])
+	rest := q.Close()
+	assert.Len(t, rest, 3)
+	assert.ErrorIs(t, q.Put(ctx, []*Record{r()}, false), ErrClosed)
+}
+
+func TestWaiter(t *testing.T) {
+	var got []error
+	w := NewWaiter(2, func(err error) { got = append(got, err) })
+	w.Ack()
+	select {
+	case <-w.Done():
+		t.Fatal("done after one of two")
+	default:
+	}
+	w.Ack()
+	<-w.Done()
+	assert.NoError(t, w.Err())
+	w.Fail(fmt.Errorf("late"))
+	assert.Equal(t, []error{nil}, got, "the outcome is given once")
+}
+
+func TestBoltRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	s, recs, err := OpenBolt(path)
+	require.NoError(t, err)
+	assert.Empty(t, recs)
+	in := []*Record{
+		tele("Dev \"A\"", `{"ts":1,"values":{"a":1.0}}`, 1),
+		{Kind: Raw, Topic: "v1/gateway/connect", Body: []byte(`{"device":"B","type":"P"}`), DeviceName: "B", Note: "P"},
+		{Kind: Attributes, Device: `"C"`, DeviceName: "C", Body: []byte(`"k":"v"`), Points: 1},
+	}
+	require.NoError(t, s.Append(in))
+	s.Remove(in[:1])
+	s.SetAside(in[2:])
+	require.NoError(t, s.Close())
+
+	s, recs, err = OpenBolt(path)
+	require.NoError(t, err)
+	defer s.Close()
+	require.Len(t, recs, 1)
+	assert.Equal(t, in[1].Body, recs[0].Body)
+	assert.Equal(t, in[1].Topic, recs[0].Topic)
+	assert.Equal(t, "P", recs[0].Note)
+	assert.Equal(t, in[1].Seq, recs[0].Seq)
+	q, p, err := s.Len()
+	require.NoError(t, err)
+	assert.Equal(t, 1, q)
+	assert.Equal(t, 1, p)
+	// New records are numbered after the loaded ones.
+	more := []*Record{tele("D", `{}`, 0)}
+	require.NoError(t, s.Append(more))
+	assert.Greater(t, more[0].Seq, recs[0].Seq)
+}
+
+func TestDecodeRecordRejectsGarbage(t *testing.T) {
+	for _, b := range [][]byte{nil, {9, 0}, {recordVersion, 0, 200}, {recordVersion, 0, 1, 'a', 5}} {
+		_, err := decodeRecord(b)
+		assert.Error(t, err, "%v", b)
+	}
+	r := &Record{Kind: Telemetry, Topic: "", Device: `"x"`, DeviceName: "x", Note: "n", Points: 7, Body: []byte("body")}
+	back, err := decodeRecord(encodeRecord(r))
+	require.NoError(t, err)
+	assert.Equal(t, r, back)
+}
