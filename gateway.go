@@ -546,6 +546,17 @@ func (g *Gateway) checkPoison(upFor time.Duration) {
 		return
 	}
 	g.tracker.Hold(m)
+	if len(m.Records) > 1 {
+		// Coalescing may have packed innocent data with the culprit: try
+		// each record alone, ahead of everything else.
+		for _, r := range m.Records {
+			r.Isolate = true
+		}
+		_ = g.queue.Put(context.Background(), m.Records, true)
+		g.log.Warn("tbgateway: message rejected repeatedly; retrying its parts one by one", "topic", m.Topic, "records", len(m.Records))
+		g.wake()
+		return
+	}
 	g.stats.poisoned.Add(1)
 	g.log.Error("tbgateway: message set aside: the server closed the connection each time it was sent",
 		"topic", m.Topic, "bytes", len(m.Payload), "drops", m.Drops)

@@ -60,7 +60,7 @@ func Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool) (Message, 
 	n := 0
 	points := 0
 	for _, r := range recs {
-		if r.Kind != head.Kind || (n > 0 && !merge) {
+		if r.Kind != head.Kind || (n > 0 && (!merge || r.Isolate || head.Isolate)) {
 			break
 		}
 		var add int

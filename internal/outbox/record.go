@@ -55,6 +55,9 @@ type Record struct {
 	// Note carries what the gateway must remember when the record is
 	// acknowledged (the profile of a connect).
 	Note string
+	// Isolate keeps the record out of merged messages: it was part of a
+	// message the server kept rejecting, and must be tried alone.
+	Isolate bool
 }
 
 // TopicOf returns the topic the record is published on.
