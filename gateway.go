@@ -330,6 +330,15 @@ func (g *Gateway) shutdown() {
 	g.callbacks.Close()
 }
 
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 func (g *Gateway) closed() bool {
 	select {
 	case <-g.done:
@@ -397,6 +406,11 @@ func (g *Gateway) onConnect(c mqtt.Client) {
 	g.connects++
 	n := g.connects
 	g.upSince = time.Now()
+	// paho may run this before the previous connection's lost handler:
+	// hold the queue for this connection whatever that handler did yet.
+	if isClosed(g.ready) {
+		g.ready = make(chan struct{})
+	}
 	g.state.Unlock()
 	for _, m := range g.tracker.InFlight() {
 		m.SentAt = time.Now() // paho re-sends them now
@@ -423,7 +437,7 @@ func (g *Gateway) onConnect(c mqtt.Client) {
 		return // the connection dropped again; the next onConnect starts over
 	}
 	g.state.Lock()
-	if g.connects == n && c.IsConnectionOpen() {
+	if g.connects == n && c.IsConnectionOpen() && !isClosed(g.ready) {
 		close(g.ready)
 	}
 	g.state.Unlock()
@@ -470,13 +484,13 @@ func (g *Gateway) reannounce(c mqtt.Client) bool {
 	return c.IsConnectionOpen() && !g.closed()
 }
 
-func (g *Gateway) onConnectionLost(_ mqtt.Client, err error) {
+func (g *Gateway) onConnectionLost(c mqtt.Client, err error) {
 	g.log.Warn("tbgateway: connection lost", "err", err)
 	g.state.Lock()
-	select {
-	case <-g.ready:
+	// paho may already have reconnected (and the new connection be ready):
+	// then this late report must not hold the queue again.
+	if isClosed(g.ready) && !c.IsConnectionOpen() {
 		g.ready = make(chan struct{})
-	default:
 	}
 	upFor := time.Since(g.upSince)
 	g.lastError = err

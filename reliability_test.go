@@ -155,5 +155,3 @@ func total(srv *tbtest.Server) int {
 	}
 	return n
 }
-
-

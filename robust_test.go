@@ -60,7 +60,13 @@ func TestHostileDownlinks(t *testing.T) {
 	assert.Zero(t, handled.Load())
 
 	// Still alive: a good RPC is answered and a publish goes through.
-	before := len(obs.Messages("v1/gateway/rpc"))
+	hostileRPC := 0
+	for _, m := range bad {
+		if m.topic == "v1/gateway/rpc" {
+			hostileRPC++
+		}
+	}
+	before := len(obs.Wait(t, "v1/gateway/rpc", hostileRPC, wait))
 	pub.Publish(t, "v1/gateway/rpc", `{"device":"A","data":{"id":7,"method":"m"}}`)
 	sameJSON(t, `{"device":"A","id":7,"data":{"success":true}}`, obs.Wait(t, "v1/gateway/rpc", before+2, wait)[before+1].Payload)
 	require.NoError(t, g.Device("A").PublishTelemetry(ctx, tb.Entry{Values: tb.Values{"ok": true}}))

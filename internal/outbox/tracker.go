@@ -121,7 +121,10 @@ func (t *Tracker) Reset() { t.store.Reset() }
 // All implements mqtt.Store.
 func (t *Tracker) All() []string { return t.store.All() }
 
-// Get implements mqtt.Store; a held message is no longer there.
+// Get implements mqtt.Store; a held message is no longer there. A publish
+// is returned as a copy: paho's resume sets its DUP flag while the
+// previous connection's writer may still be sending the stored packet
+// (a data race in paho 1.5).
 func (t *Tracker) Get(key string) packets.ControlPacket {
 	if id, ok := idOf(key); ok {
 		t.mu.Lock()
@@ -131,15 +134,27 @@ func (t *Tracker) Get(key string) packets.ControlPacket {
 			return nil
 		}
 	}
-	return t.store.Get(key)
+	p := t.store.Get(key)
+	if pub, ok := p.(*packets.PublishPacket); ok {
+		cp := *pub
+		return &cp
+	}
+	return p
 }
 
 // Put implements mqtt.Store: paho stores a QoS 1 publish under its packet
 // id before sending it, which binds the id to the expected message.
 func (t *Tracker) Put(key string, p packets.ControlPacket) {
-	t.store.Put(key, p)
 	pub, ok := p.(*packets.PublishPacket)
-	if !ok || len(pub.Payload) == 0 {
+	if !ok {
+		t.store.Put(key, p)
+		return
+	}
+	// Keep a copy: paho's writer mutates the packet it sends while a
+	// reconnect's resume may read the stored one.
+	cp := *pub
+	t.store.Put(key, &cp)
+	if len(pub.Payload) == 0 {
 		return
 	}
 	id, ok := idOf(key)
