@@ -93,6 +93,7 @@ type Gateway struct {
 	upSince   time.Time
 	lastError error
 	connState ConnectionState
+	connAcks  atomic.Int64 // acknowledgements on the current connection
 
 	mu      sync.RWMutex
 	devices map[string]*deviceEntry // connected devices
@@ -412,9 +413,11 @@ func (g *Gateway) onConnect(c mqtt.Client) {
 		g.ready = make(chan struct{})
 	}
 	g.state.Unlock()
-	for _, m := range g.tracker.InFlight() {
+	resent := g.tracker.InFlight()
+	for _, m := range resent {
 		m.SentAt = time.Now() // paho re-sends them now
 	}
+	g.connAcks.Store(0)
 	if n > 1 {
 		g.stats.reconnects.Add(1)
 		g.stats.resent.Add(uint64(g.tracker.Count()))
@@ -436,6 +439,9 @@ func (g *Gateway) onConnect(c mqtt.Client) {
 	if n > 1 && !g.reannounce(c) {
 		return // the connection dropped again; the next onConnect starts over
 	}
+	if !g.awaitResent(c, resent) {
+		return
+	}
 	g.state.Lock()
 	if g.connects == n && c.IsConnectionOpen() && !isClosed(g.ready) {
 		close(g.ready)
@@ -443,6 +449,26 @@ func (g *Gateway) onConnect(c mqtt.Client) {
 	g.state.Unlock()
 	g.upOnce.Do(func() { close(g.firstUp) })
 	g.setConnState(Up, nil)
+}
+
+// awaitResent waits until the messages paho re-sends after a reconnect are
+// acknowledged before new data follows them, so that a device's data keeps
+// its order. It reports false when the connection is gone.
+func (g *Gateway) awaitResent(c mqtt.Client, resent []*outbox.Message) bool {
+	deadline := time.Now().Add(g.opts.requestTimeout)
+	for _, m := range resent {
+		for g.tracker.Has(m) {
+			if !c.IsConnectionOpen() || g.closed() {
+				return false
+			}
+			if time.Now().After(deadline) {
+				g.log.Warn("tbgateway: re-sent messages not acknowledged in time; sending on")
+				return true
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	return true
 }
 
 // reannounce sends v1/gateway/connect again for every connected device,
@@ -551,7 +577,9 @@ func (g *Gateway) checkPoison(upFor time.Duration) {
 		return
 	}
 	m := inflight[0]
-	if m.SentAt.IsZero() || time.Since(m.SentAt) > poisonWindow || upFor > poisonWindow {
+	// A poison message is re-sent first after a reconnect and the server
+	// closes the connection before acknowledging anything after it.
+	if m.SentAt.IsZero() || time.Since(m.SentAt) > poisonWindow || upFor > poisonWindow || g.connAcks.Load() > 0 {
 		m.Drops = 0
 		return
 	}
@@ -913,6 +941,7 @@ func (g *Gateway) failRecords(m *outbox.Message, err error) {
 
 // onAck runs when the server acknowledged m (on paho's network goroutine).
 func (g *Gateway) onAck(m *outbox.Message) {
+	g.connAcks.Add(1)
 	g.stats.acked.Add(1)
 	g.stats.points.Add(uint64(m.Points))
 	if g.durable != nil {

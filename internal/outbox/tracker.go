@@ -75,6 +75,23 @@ func (t *Tracker) InFlight() []*Message {
 	return out
 }
 
+// Has reports whether m is still in flight.
+func (t *Tracker) Has(m *Message) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, x := range t.byID {
+		if x == m {
+			return true
+		}
+	}
+	for _, x := range t.byPayload {
+		if x == m {
+			return true
+		}
+	}
+	return false
+}
+
 // Count is the number of messages in flight.
 func (t *Tracker) Count() int {
 	t.mu.Lock()
