@@ -207,7 +207,7 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 		SetDefaultPublishHandler(g.onMessage).
 		SetOnConnectHandler(g.onConnect).
 		SetConnectionLostHandler(g.onConnectionLost).
-		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { g.setConnState(Reconnecting, nil) })
+		SetReconnectingHandler(g.onReconnecting)
 	if t := o.tls(); t != nil {
 		po.SetTLSConfig(t)
 	}
@@ -510,6 +510,19 @@ func (g *Gateway) reannounce(c mqtt.Client) bool {
 	return c.IsConnectionOpen() && !g.closed()
 }
 
+// onReconnecting runs on paho's reconnect goroutine before every attempt,
+// so before the new connection exists and paho re-sends what it kept: the
+// queue is held here, or the sender could slip new data in ahead of those
+// re-sent messages before onConnect (a goroutine of its own) holds it.
+func (g *Gateway) onReconnecting(mqtt.Client, *mqtt.ClientOptions) {
+	g.state.Lock()
+	if isClosed(g.ready) {
+		g.ready = make(chan struct{})
+	}
+	g.state.Unlock()
+	g.setConnState(Reconnecting, nil)
+}
+
 func (g *Gateway) onConnectionLost(c mqtt.Client, err error) {
 	g.log.Warn("tbgateway: connection lost", "err", err)
 	g.state.Lock()
@@ -565,9 +578,14 @@ const poisonWindow = 5 * time.Second
 // checkPoison runs on every connection loss. The server processes a
 // connection's messages in order and closes it on the first one it
 // rejects, so the suspect is the oldest message in flight. When it was
-// (re)sent shortly before each of several consecutive drops, it is set
-// aside (paho will not send it again), its callers get ErrPoisonMessage,
-// and the rest of the queue carries on.
+// (re)sent shortly before each of several consecutive drops, with nothing
+// acknowledged on those connections, its records are first retried alone;
+// a record that still brings the connection down as many times more is set
+// aside (paho will not send it again), its caller gets ErrPoisonMessage,
+// and the rest of the queue carries on. A poison record therefore costs
+// 2 × the threshold connections, and a flapping network has to fail that
+// many times in a row, each time right after the resend, to be mistaken for
+// one.
 func (g *Gateway) checkPoison(upFor time.Duration) {
 	if g.opts.poisonThreshold <= 0 {
 		return
@@ -587,18 +605,28 @@ func (g *Gateway) checkPoison(upFor time.Duration) {
 	if m.Drops < g.opts.poisonThreshold {
 		return
 	}
-	g.tracker.Hold(m)
-	if len(m.Records) > 1 {
-		// Coalescing may have packed innocent data with the culprit: try
-		// each record alone, ahead of everything else.
-		for _, r := range m.Records {
-			r.Isolate = true
+	if len(m.Records) > 1 || !m.Records[0].Isolate {
+		// Coalescing may have packed innocent data with the culprit: take
+		// back everything in flight, in order, and try the suspect's
+		// records one by one ahead of the rest. Nothing is lost and no
+		// device's data overtakes its earlier data.
+		var recs []*outbox.Record
+		for _, x := range inflight {
+			g.tracker.Hold(x)
+			if x == m {
+				for _, r := range x.Records {
+					r.Isolate = true
+				}
+			}
+			recs = append(recs, x.Records...)
 		}
-		_ = g.queue.Put(context.Background(), m.Records, true)
+		_ = g.queue.Put(context.Background(), recs, true)
+		g.stats.isolated.Add(1)
 		g.log.Warn("tbgateway: message rejected repeatedly; retrying its parts one by one", "topic", m.Topic, "records", len(m.Records))
 		g.wake()
 		return
 	}
+	g.tracker.Hold(m)
 	g.stats.poisoned.Add(1)
 	g.log.Error("tbgateway: message set aside: the server closed the connection each time it was sent",
 		"topic", m.Topic, "bytes", len(m.Payload), "drops", m.Drops)
@@ -1102,6 +1130,7 @@ type Stats struct {
 	Refused        uint64 // calls refused because the queue was full (FailFast)
 	Dropped        uint64 // records evicted by DropOldest
 	Poisoned       uint64 // messages set aside as poison
+	Isolated       uint64 // suspected messages taken back to retry their parts alone
 	PublishErrors  uint64 // publishes paho refused before sending (re-queued)
 	Received       uint64 // messages received from the server
 	Malformed      uint64 // received messages that could not be decoded, dropped
@@ -1118,7 +1147,7 @@ type counters struct {
 	published, acked, publishErrors, received, malformed, echoes atomic.Uint64
 	dropped, panics, reconnects, accepted, points, resent        atomic.Uint64
 	restored, refused, droppedOverflow, poisoned, announced      atomic.Uint64
-	refreshed, limitsApplied                                     atomic.Uint64
+	refreshed, limitsApplied, isolated                           atomic.Uint64
 }
 
 // Stats returns the current counters. It never blocks for long.
@@ -1138,6 +1167,7 @@ func (g *Gateway) Stats() Stats {
 		Refused:        s.refused.Load(),
 		Dropped:        s.droppedOverflow.Load(),
 		Poisoned:       s.poisoned.Load(),
+		Isolated:       s.isolated.Load(),
 		PublishErrors:  s.publishErrors.Load(),
 		Received:       s.received.Load(),
 		Malformed:      s.malformed.Load(),

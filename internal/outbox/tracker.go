@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"sort"
 	"strconv"
 	"sync"
 
@@ -13,9 +14,10 @@ import (
 // a reconnect with their packet ids) and adds the one thing paho's tokens
 // cannot give: which message each PUBACK acknowledges, even across
 // reconnects, where paho completes the old token of a re-sent message
-// without an acknowledgement.
+// without an acknowledgement. Its storage orders packets strictly by
+// insertion.
 type Tracker struct {
-	store mqtt.Store
+	store *seqStore
 
 	mu        sync.Mutex
 	byPayload map[*byte]*Message
@@ -29,7 +31,7 @@ type Tracker struct {
 // message, on paho's network goroutine (it must not block).
 func NewTracker(onAck func(*Message)) *Tracker {
 	return &Tracker{
-		store:     mqtt.NewOrderedMemoryStore(),
+		store:     &seqStore{m: map[string]seqEntry{}},
 		byPayload: map[*byte]*Message{},
 		byID:      map[uint16]*Message{},
 		held:      map[uint16]bool{},
@@ -204,6 +206,61 @@ func (t *Tracker) Del(key string) {
 		t.onAck(m)
 	}
 }
+
+// seqStore keeps packets in insertion order by a counter. paho's
+// OrderedMemoryStore orders by time.Now() with an unstable sort, so two
+// publishes stored within the clock's resolution can be re-sent after a
+// reconnect in the wrong order.
+type seqStore struct {
+	mu  sync.Mutex
+	seq uint64
+	m   map[string]seqEntry
+}
+
+type seqEntry struct {
+	seq uint64
+	p   packets.ControlPacket
+}
+
+func (s *seqStore) Open()  {}
+func (s *seqStore) Close() {}
+func (s *seqStore) Reset() {
+	s.mu.Lock()
+	s.m = map[string]seqEntry{}
+	s.mu.Unlock()
+}
+
+func (s *seqStore) Put(key string, p packets.ControlPacket) {
+	s.mu.Lock()
+	s.seq++
+	s.m[key] = seqEntry{s.seq, p}
+	s.mu.Unlock()
+}
+
+func (s *seqStore) Get(key string) packets.ControlPacket {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[key].p
+}
+
+func (s *seqStore) Del(key string) {
+	s.mu.Lock()
+	delete(s.m, key)
+	s.mu.Unlock()
+}
+
+func (s *seqStore) All() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]string, 0, len(s.m))
+	for k := range s.m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return s.m[keys[i]].seq < s.m[keys[j]].seq })
+	return keys
+}
+
+var _ mqtt.Store = (*Tracker)(nil)
 
 func sortBySend(ms []*Message) {
 	for i := 1; i < len(ms); i++ {

@@ -12,9 +12,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +26,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // EnvBroker names the environment variable that selects an external broker.
@@ -201,4 +206,205 @@ func (b *Broker) Kick(id string) bool {
 	}
 	cl.Stop(fmt.Errorf("testbroker: kicked"))
 	return true
+}
+
+// EnvMosquitto names the environment variable with the path of a mosquitto
+// binary: with it, Restartable runs a real Mosquitto process.
+const EnvMosquitto = "TBGATEWAY_MOSQUITTO"
+
+// Restartable is a broker the test owns: it can stop it (killing every
+// connection) and start it again on the same port, and it records every
+// v1/gateway/telemetry message the broker accepted, in order, across
+// restarts. With EnvMosquitto set it is a Mosquitto process (persistence on,
+// stopped with SIGTERM so it saves its queues, and a persistent subscriber
+// session records the messages); otherwise an embedded mochi broker whose
+// hook records each message before it is acknowledged.
+type Restartable struct {
+	URL  string
+	Kind string
+
+	mu   sync.Mutex
+	msgs [][]byte
+
+	start func() error
+	stop  func()
+}
+
+// Messages returns the recorded telemetry payloads.
+func (r *Restartable) Messages() [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([][]byte(nil), r.msgs...)
+}
+
+func (r *Restartable) record(p []byte) {
+	r.mu.Lock()
+	r.msgs = append(r.msgs, append([]byte(nil), p...))
+	r.mu.Unlock()
+}
+
+// Stop kills the broker.
+func (r *Restartable) Stop() { r.stop() }
+
+// Start starts it again on the same port.
+func (r *Restartable) Start() error { return r.start() }
+
+// StartRestartable starts a restartable broker for the test.
+func StartRestartable(tb testing.TB) *Restartable {
+	tb.Helper()
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := probe.Addr().String()
+	_ = probe.Close()
+	r := &Restartable{URL: "tcp://" + addr}
+	if bin := os.Getenv(EnvMosquitto); bin != "" {
+		r.Kind = "mosquitto"
+		startMosquitto(tb, r, bin, addr)
+	} else {
+		r.Kind = "mochi"
+		startMochi(tb, r, addr)
+	}
+	if err := r.start(); err != nil {
+		tb.Fatal(err)
+	}
+	return r
+}
+
+// recorder is a mochi hook that records telemetry before the PUBACK.
+type recorder struct {
+	mqtt.HookBase
+	r *Restartable
+}
+
+func (h *recorder) ID() string { return "recorder" }
+func (h *recorder) Provides(b byte) bool {
+	return b == mqtt.OnPublish
+}
+func (h *recorder) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.TopicName == "v1/gateway/telemetry" {
+		h.r.record(pk.Payload)
+	}
+	return pk, nil
+}
+
+func startMochi(tb testing.TB, r *Restartable, addr string) {
+	var s *mqtt.Server
+	var mu sync.Mutex
+	r.start = func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		_ = srv.AddHook(new(auth.AllowHook), nil)
+		_ = srv.AddHook(&recorder{r: r}, nil)
+		var err error
+		for i := 0; i < 100; i++ { // the port may linger briefly after Close
+			if err = srv.AddListener(listeners.NewTCP(listeners.Config{ID: "t", Address: addr})); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			return err
+		}
+		s = srv
+		return srv.Serve()
+	}
+	r.stop = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if s != nil {
+			_ = s.Close()
+			s = nil
+		}
+	}
+	tb.Cleanup(r.stop)
+}
+
+func startMosquitto(tb testing.TB, r *Restartable, bin, addr string) {
+	dir := tb.TempDir()
+	host, port, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(dir, "mosquitto.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(
+		"listener %s %s\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nmax_inflight_messages 1\nautosave_interval 0\n%s",
+		port, host, dir, userLine())), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+
+	var cmd *exec.Cmd
+	var mu sync.Mutex
+	var sub paho.Client
+	r.start = func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		cmd = exec.Command(bin, "-c", conf)
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		for i := 0; i < 200; i++ {
+			if c, err := net.Dial("tcp", addr); err == nil {
+				_ = c.Close()
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if sub == nil {
+			// A persistent session: what the broker accepted while the
+			// subscriber was away is kept for it, also across a SIGTERM.
+			o := paho.NewClientOptions().AddBroker(r.URL).SetClientID("tbgw-fault-recorder").
+				SetCleanSession(false).SetAutoReconnect(true).SetMaxReconnectInterval(100 * time.Millisecond).
+				SetOrderMatters(true)
+			sub = paho.NewClient(o)
+			if t := sub.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+				return fmt.Errorf("recorder connect: %v", t.Error())
+			}
+			if t := sub.Subscribe("v1/gateway/telemetry", 1, func(_ paho.Client, m paho.Message) { r.record(m.Payload()) }); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+				return fmt.Errorf("recorder subscribe: %v", t.Error())
+			}
+		}
+		return nil
+	}
+	r.stop = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if cmd != nil && cmd.Process != nil {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+			cmd = nil
+		}
+	}
+	tb.Cleanup(func() {
+		r.stop()
+		if sub != nil {
+			sub.Disconnect(0)
+		}
+	})
+}
+
+// userLine keeps mosquitto from dropping root privileges (as it does by
+// default), which would leave it unable to write its persistence file in
+// the test's temporary directory.
+func userLine() string {
+	if os.Geteuid() == 0 {
+		return "user root\n"
+	}
+	return ""
+}
+
+// WaitQuiet waits until no new message was recorded for quiet, or timeout.
+func (r *Restartable) WaitQuiet(quiet, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	last, since := -1, time.Now()
+	for time.Now().Before(deadline) {
+		r.mu.Lock()
+		n := len(r.msgs)
+		r.mu.Unlock()
+		if n != last {
+			last, since = n, time.Now()
+		} else if time.Since(since) >= quiet {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
