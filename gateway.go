@@ -810,6 +810,8 @@ func (g *Gateway) sendLoop() {
 	defer close(g.senderDone)
 	var lingerHead *outbox.Record
 	var lingerUntil time.Time
+	recheck := time.NewTimer(time.Hour)
+	defer recheck.Stop()
 	for {
 		select {
 		case <-g.readyChan():
@@ -817,11 +819,12 @@ func (g *Gateway) sendLoop() {
 			return
 		}
 		if g.tracker.Count() >= int(g.window.Load()) {
+			recheck.Reset(100 * time.Millisecond) // re-check readiness now and then
 			select {
 			case <-g.acked:
 			case <-g.done:
 				return
-			case <-time.After(100 * time.Millisecond): // re-check readiness
+			case <-recheck.C:
 			}
 			continue
 		}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -92,13 +93,27 @@ func (g *Gateway) PublishTelemetryAsync(ctx context.Context, t Telemetry, done f
 // PublishTelemetry sends entries for this device; see
 // Gateway.PublishTelemetry.
 func (d *Device) PublishTelemetry(ctx context.Context, entries ...Entry) error {
-	return d.g.PublishTelemetry(ctx, Telemetry{d.Name(): entries})
+	recs, err := d.records(entries)
+	if err != nil {
+		return err
+	}
+	return d.g.send(ctx, recs)
 }
 
 // PublishTelemetryAsync queues entries for this device; see
 // Gateway.PublishTelemetryAsync.
 func (d *Device) PublishTelemetryAsync(ctx context.Context, done func(error), entries ...Entry) error {
-	return d.g.PublishTelemetryAsync(ctx, Telemetry{d.Name(): entries}, done)
+	recs, err := d.records(entries)
+	if err != nil {
+		return err
+	}
+	return d.g.enqueue(ctx, recs, done)
+}
+
+func (d *Device) records(entries []Entry) ([]*outbox.Record, error) {
+	e := getEncoder()
+	defer e.release()
+	return e.deviceRecords(nil, d.Name(), entries, d.g.limit())
 }
 
 // PublishTelemetry sends the gateway's own telemetry on
@@ -173,30 +188,34 @@ func (e *encoder) telemetryRecords(t Telemetry, lim sizeLimit) ([]*outbox.Record
 	e.names = sortedNames(e.names, t)
 	recs := make([]*outbox.Record, 0, len(e.names))
 	for _, name := range e.names {
-		if err := checkDeviceName(name); err != nil {
-			return nil, err
-		}
-		entries := t[name]
-		if len(entries) == 0 {
-			return nil, &ValueError{Device: name, Err: fmt.Errorf("%w: no telemetry entries", ErrNoData)}
-		}
-		e.buf, e.items = e.buf[:0], e.items[:0]
-		for i := range entries {
-			if i > 0 {
-				e.buf = append(e.buf, ',')
-			}
-			start := len(e.buf)
-			if err := e.entry(name, &entries[i]); err != nil {
-				return nil, err
-			}
-			e.items = append(e.items, item{start, len(e.buf), len(entries[i].Values)})
-		}
 		var err error
-		if recs, err = e.split(recs, outbox.Telemetry, name, lim); err != nil {
+		if recs, err = e.deviceRecords(recs, name, t[name], lim); err != nil {
 			return nil, err
 		}
 	}
 	return recs, nil
+}
+
+// deviceRecords encodes one device's entries.
+func (e *encoder) deviceRecords(recs []*outbox.Record, name string, entries []Entry, lim sizeLimit) ([]*outbox.Record, error) {
+	if err := checkDeviceName(name); err != nil {
+		return nil, err
+	}
+	if len(entries) == 0 {
+		return nil, &ValueError{Device: name, Err: fmt.Errorf("%w: no telemetry entries", ErrNoData)}
+	}
+	e.buf, e.items = e.buf[:0], e.items[:0]
+	for i := range entries {
+		if i > 0 {
+			e.buf = append(e.buf, ',')
+		}
+		start := len(e.buf)
+		if err := e.entry(name, &entries[i]); err != nil {
+			return nil, err
+		}
+		e.items = append(e.items, item{start, len(e.buf), len(entries[i].Values)})
+	}
+	return e.split(recs, outbox.Telemetry, name, lim)
 }
 
 // item is one encoded entry or attribute in e.buf.
@@ -206,7 +225,7 @@ type item struct{ start, end, points int }
 // a message alone, counting sizes on the encoded bytes. An item that cannot
 // fit even alone is refused with a *PayloadTooLargeError.
 func (e *encoder) split(recs []*outbox.Record, kind outbox.Kind, name string, lim sizeLimit) ([]*outbox.Record, error) {
-	dev := string(jsonx.AppendString(nil, name))
+	dev := quotedName(name)
 	r := &outbox.Record{Kind: kind, Device: dev, DeviceName: name}
 	fixed := outbox.Overhead(r.TopicOf(), lim.qos) + len(dev) + 5 // {"dev":[...]}
 	first, size, points := 0, fixed, 0
@@ -235,6 +254,28 @@ func (e *encoder) split(recs []*outbox.Record, kind outbox.Kind, name string, li
 	}
 	flush(len(e.items) - 1)
 	return recs, nil
+}
+
+// quoted caches device names as JSON strings: a gateway sends for the same
+// devices over and over, and quoting is per call otherwise.
+var quoted sync.Map
+
+// quotedCap bounds the cache; past it names are quoted each time.
+const quotedCap = 200_000
+
+var quotedLen atomic.Int64
+
+func quotedName(name string) string {
+	if q, ok := quoted.Load(name); ok {
+		return q.(string)
+	}
+	q := string(jsonx.AppendString(nil, name))
+	if quotedLen.Load() < quotedCap {
+		if _, loaded := quoted.LoadOrStore(name, q); !loaded {
+			quotedLen.Add(1)
+		}
+	}
+	return q
 }
 
 // pack joins records into one payload, as the sender does; for tests and

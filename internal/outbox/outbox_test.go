@@ -124,8 +124,7 @@ func TestQueuePolicies(t *testing.T) {
 }
 
 func TestWaiter(t *testing.T) {
-	var got []error
-	w := NewWaiter(2, func(err error) { got = append(got, err) })
+	w := NewWaiter(2, nil)
 	w.Ack()
 	select {
 	case <-w.Done():
@@ -135,8 +134,16 @@ func TestWaiter(t *testing.T) {
 	w.Ack()
 	<-w.Done()
 	assert.NoError(t, w.Err())
-	w.Fail(fmt.Errorf("late"))
-	assert.Equal(t, []error{nil}, got, "the outcome is given once")
+
+	var got []error
+	w = NewWaiter(2, func(err error) { got = append(got, err) })
+	assert.Nil(t, w.Done(), "no channel when nobody waits on it")
+	w.Ack()
+	assert.Empty(t, got)
+	w.Fail(fmt.Errorf("lost"))
+	w.Ack()
+	assert.EqualError(t, got[0], "lost")
+	assert.Len(t, got, 1, "the outcome is given once")
 }
 
 func TestBoltRoundTrip(t *testing.T) {

@@ -56,7 +56,19 @@ func Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool) (Message, 
 		members []*Record
 	}
 	var groups []group
-	index := map[string]int{}
+	var index map[string]int // only for messages of many devices
+	find := func(dev string) (int, bool) {
+		if index != nil {
+			i, ok := index[dev]
+			return i, ok
+		}
+		for i := range groups {
+			if groups[i].name == dev {
+				return i, true
+			}
+		}
+		return 0, false
+	}
 	n := 0
 	points := 0
 	for _, r := range recs {
@@ -64,7 +76,7 @@ func Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool) (Message, 
 			break
 		}
 		var add int
-		gi, seen := index[r.Device]
+		gi, seen := find(r.Device)
 		if seen {
 			add = 1 + len(r.Body)
 		} else {
@@ -80,8 +92,15 @@ func Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool) (Message, 
 		if seen {
 			groups[gi].members = append(groups[gi].members, r)
 		} else {
-			index[r.Device] = len(groups)
 			groups = append(groups, group{name: r.Device, members: []*Record{r}})
+			if index != nil {
+				index[r.Device] = len(groups) - 1
+			} else if len(groups) > 16 {
+				index = make(map[string]int, 64)
+				for i, g := range groups {
+					index[g.name] = i
+				}
+			}
 		}
 		points += r.Points
 		n++

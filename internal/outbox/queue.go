@@ -36,7 +36,8 @@ type Queue struct {
 	maxBytes int
 	policy   Policy
 	closed   bool
-	changed  chan struct{} // closed and replaced on every change
+	notify   chan struct{} // one-slot: wakes the consumer after a Put
+	space    chan struct{} // closed when room is made; nil when nobody waits
 	dropped  uint64
 	onDrop   func(r *Record)
 }
@@ -44,12 +45,23 @@ type Queue struct {
 // NewQueue returns a queue holding at most maxMsgs records and maxBytes
 // bytes. onDrop, if set, is told of every record DropOldest evicts.
 func NewQueue(maxMsgs, maxBytes int, policy Policy, onDrop func(*Record)) *Queue {
-	return &Queue{maxMsgs: maxMsgs, maxBytes: maxBytes, policy: policy, changed: make(chan struct{}), onDrop: onDrop}
+	return &Queue{maxMsgs: maxMsgs, maxBytes: maxBytes, policy: policy, notify: make(chan struct{}, 1), onDrop: onDrop}
 }
 
-func (q *Queue) signal() {
-	close(q.changed)
-	q.changed = make(chan struct{})
+// wakeConsumer tells the consumer there is something new.
+func (q *Queue) wakeConsumer() {
+	select {
+	case q.notify <- struct{}{}:
+	default:
+	}
+}
+
+// wakeProducers releases callers blocked on a full queue.
+func (q *Queue) wakeProducers() {
+	if q.space != nil {
+		close(q.space)
+		q.space = nil
+	}
 }
 
 func (q *Queue) lenLocked() int { return len(q.items) - q.head }
@@ -87,7 +99,10 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 			}
 			continue
 		}
-		ch := q.changed
+		if q.space == nil {
+			q.space = make(chan struct{})
+		}
+		ch := q.space
 		q.mu.Unlock()
 		select {
 		case <-ch:
@@ -109,18 +124,19 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 		q.items = append(q.items, recs...)
 	}
 	q.bytes += cost
-	q.signal()
 	q.mu.Unlock()
+	q.wakeConsumer()
 	return nil
 }
 
 // Peek returns up to max records from the head without removing them, and
-// a channel closed at the next change of the queue.
+// a channel that receives when records are added (the queue has one
+// consumer).
 func (q *Queue) Peek(max int) ([]*Record, <-chan struct{}) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	n := min(q.lenLocked(), max)
-	return q.items[q.head : q.head+n : q.head+n], q.changed
+	return q.items[q.head : q.head+n : q.head+n], q.notify
 }
 
 // Remove drops the first n records (taken by the sender).
@@ -136,7 +152,7 @@ func (q *Queue) Remove(n int) {
 		q.items = append([]*Record(nil), q.items[q.head:]...)
 		q.head = 0
 	}
-	q.signal()
+	q.wakeProducers()
 }
 
 // Len returns the queued records and bytes.
@@ -160,6 +176,7 @@ func (q *Queue) Close() []*Record {
 	q.closed = true
 	rest := append([]*Record(nil), q.items[q.head:]...)
 	q.items, q.head, q.bytes = nil, 0, 0
-	q.signal()
+	q.wakeProducers()
+	q.wakeConsumer()
 	return rest
 }

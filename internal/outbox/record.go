@@ -88,12 +88,17 @@ type Waiter struct {
 // with the outcome (on the goroutine that completes the last record: it
 // must not block).
 func NewWaiter(n int, callback func(error)) *Waiter {
-	w := &Waiter{done: make(chan struct{}), callback: callback}
+	w := &Waiter{callback: callback}
+	if callback == nil {
+		// Only a caller that waits needs the channel.
+		w.done = make(chan struct{})
+	}
 	w.remaining.Store(int64(n))
 	return w
 }
 
-// Done is closed when the outcome is known.
+// Done is closed when the outcome is known (nil for a waiter with a
+// callback).
 func (w *Waiter) Done() <-chan struct{} { return w.done }
 
 // Err is the outcome once Done is closed.
@@ -112,7 +117,9 @@ func (w *Waiter) Fail(err error) { w.finish(err) }
 func (w *Waiter) finish(err error) {
 	w.once.Do(func() {
 		w.err = err
-		close(w.done)
+		if w.done != nil {
+			close(w.done)
+		}
 		if w.callback != nil {
 			w.callback(err)
 		}
