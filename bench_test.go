@@ -1,0 +1,122 @@
+package tbgateway
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/thingsgate/tbgateway/internal/outbox"
+)
+
+func benchEntries(entries, keys int) []Entry {
+	es := make([]Entry, entries)
+	for i := range es {
+		v := make(Values, keys)
+		for k := 0; k < keys; k++ {
+			if k%2 == 0 {
+				v[fmt.Sprintf("key%d", k)] = int64(i * k)
+			} else {
+				v[fmt.Sprintf("key%d", k)] = float64(i) + 0.25
+			}
+		}
+		es[i] = Entry{TS: 1700000000000 + int64(i), Values: v}
+	}
+	return es
+}
+
+// TestEncoderAllocatesNothingPerDataPoint holds the promise behind the
+// throughput figures: encoding costs allocations per record (the record,
+// its body), never per entry or data point, once the pooled buffers are
+// warm.
+func TestEncoderAllocatesNothingPerDataPoint(t *testing.T) {
+	lim := sizeLimit{max: DefaultMaxPayloadSize, qos: 1}
+	allocs := func(entries []Entry) float64 {
+		return testing.AllocsPerRun(200, func() {
+			e := getEncoder()
+			recs, err := e.deviceRecords(nil, "Device A", entries, lim)
+			e.release()
+			if err != nil || len(recs) != 1 {
+				t.Fatalf("records %d, err %v", len(recs), err)
+			}
+		})
+	}
+	small, large := allocs(benchEntries(10, 5)), allocs(benchEntries(200, 5))
+	t.Logf("allocations per call: %v for 50 data points, %v for 1000", small, large)
+	if large != small {
+		t.Fatalf("allocations grow with data points: %v for 50, %v for 1000", small, large)
+	}
+	if small > 4 {
+		t.Fatalf("%v allocations per record, want at most 4", small)
+	}
+}
+
+// BenchmarkEncodeTelemetry measures encoding 100 devices × 10 entries × 5
+// keys into records, as PublishTelemetry does.
+func BenchmarkEncodeTelemetry(b *testing.B) {
+	t := Telemetry{}
+	for d := 0; d < 100; d++ {
+		t[fmt.Sprintf("Device %d", d)] = benchEntries(10, 5)
+	}
+	lim := sizeLimit{max: DefaultMaxPayloadSize, qos: 1}
+	b.ReportAllocs()
+	var bytes int64
+	for b.Loop() {
+		e := getEncoder()
+		recs, err := e.telemetryRecords(t, lim)
+		e.release()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, r := range recs {
+			bytes += int64(len(r.Body))
+		}
+	}
+	b.SetBytes(bytes / int64(b.N))
+	b.ReportMetric(float64(b.N)*5000/b.Elapsed().Seconds(), "points/s")
+}
+
+// BenchmarkSplit measures splitting one device's oversized batch (2000
+// entries) into records that fit 64 KiB messages.
+func BenchmarkSplit(b *testing.B) {
+	es := benchEntries(2000, 5)
+	lim := sizeLimit{max: DefaultMaxPayloadSize, qos: 1}
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		e := getEncoder()
+		recs, err := e.deviceRecords(nil, "Device A", es, lim)
+		e.release()
+		if err != nil {
+			b.Fatal(err)
+		}
+		n = len(recs)
+	}
+	b.ReportMetric(float64(n), "records")
+}
+
+// BenchmarkPack measures packing queued records of 100 devices into
+// messages no larger than 64 KiB, with the exact size count.
+func BenchmarkPack(b *testing.B) {
+	t := Telemetry{}
+	for d := 0; d < 100; d++ {
+		t[fmt.Sprintf("Device %d", d)] = benchEntries(20, 5)
+	}
+	e := getEncoder()
+	recs, err := e.telemetryRecords(t, sizeLimit{max: DefaultMaxPayloadSize, qos: 1})
+	e.release()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		rest := recs
+		for len(rest) > 0 {
+			m, n := outbox.Pack(rest, DefaultMaxPayloadSize, 0, 1, true)
+			if m.Size(1) > DefaultMaxPayloadSize {
+				b.Fatal("over the limit")
+			}
+			rest = rest[n:]
+		}
+	}
+	b.ReportMetric(float64(b.N)*10000/b.Elapsed().Seconds(), "points/s")
+}
+
