@@ -119,4 +119,3 @@ func BenchmarkPack(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)*10000/b.Elapsed().Seconds(), "points/s")
 }
-
