@@ -468,6 +468,22 @@ func (g *Gateway) awaitResent(c mqtt.Client, resent []*outbox.Message) bool {
 			time.Sleep(2 * time.Millisecond)
 		}
 	}
+	// A message that overtook older ones gets sent once more, after them,
+	// so that the last copy of every message reaches the server in order
+	// and a device's latest values end up right.
+	var again []*outbox.Record
+	for _, m := range outbox.Overtakers(resent) {
+		for _, r := range m.Records {
+			cp := *r
+			cp.Waiter, cp.Seq = nil, 0 // its caller already has the outcome
+			again = append(again, &cp)
+		}
+		g.stats.resent.Add(1)
+	}
+	if len(again) > 0 {
+		_ = g.queue.Put(context.Background(), again, true)
+		g.log.Info("tbgateway: re-sending messages that overtook re-sent ones", "records", len(again))
+	}
 	return true
 }
 

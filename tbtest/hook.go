@@ -185,7 +185,13 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	filters := append(packets.Subscriptions(nil), pk.Filters...)
 	p := &plan{}
 	for i, f := range filters {
-		if c == nil || c.dead || !acceptedFilters[f.Filter] {
+		if c == nil || c.dead {
+			// A connection the server already cut (DropConnection, Stop):
+			// the real server would never read this packet.
+			filters[i].Filter = "#/" + f.Filter
+			continue
+		}
+		if !acceptedFilters[f.Filter] {
 			s.rejectLocked(c, f.Filter, nil, "subscription filter not accepted", false)
 			filters[i].Filter = "#/" + f.Filter
 			continue

@@ -18,6 +18,7 @@ type Message struct {
 	SentAt  time.Time  // when it was handed to the connection
 	Token   mqtt.Token // QoS 0 only: completes when written
 	sendSeq uint64
+	AckSeq  uint64 // order of its acknowledgement among all messages
 }
 
 // Overhead is the MQTT remaining length of a PUBLISH on topic besides its

@@ -25,6 +25,7 @@ type Tracker struct {
 	held      map[uint16]bool // set aside: never re-sent
 	onAck     func(*Message)
 	sent      uint64
+	acks      uint64
 }
 
 // NewTracker returns a tracker that calls onAck for every acknowledged
@@ -74,6 +75,26 @@ func (t *Tracker) InFlight() []*Message {
 		out = append(out, m)
 	}
 	sortBySend(out)
+	return out
+}
+
+// Overtakers returns the messages of ms (all acknowledged, oldest sent
+// first) that were acknowledged before an older one: after a reconnect a
+// publish paho was handing over when the connection dropped can reach the
+// new connection ahead of the messages paho re-sends.
+func Overtakers(ms []*Message) []*Message {
+	var out []*Message
+	for i, m := range ms {
+		if m.AckSeq == 0 {
+			continue // not acknowledged (set aside)
+		}
+		for _, older := range ms[:i] {
+			if older.AckSeq > m.AckSeq {
+				out = append(out, m)
+				break
+			}
+		}
+	}
 	return out
 }
 
@@ -201,6 +222,10 @@ func (t *Tracker) Del(key string) {
 	m := t.byID[id]
 	delete(t.byID, id)
 	delete(t.held, id)
+	if m != nil {
+		t.acks++
+		m.AckSeq = t.acks
+	}
 	t.mu.Unlock()
 	if m != nil && t.onAck != nil {
 		t.onAck(m)
