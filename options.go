@@ -48,6 +48,19 @@ const (
 	DropOldest
 )
 
+// String returns the policy's name.
+func (p OverflowPolicy) String() string {
+	switch p {
+	case Block:
+		return "block"
+	case FailFast:
+		return "fail-fast"
+	case DropOldest:
+		return "drop-oldest"
+	}
+	return "unknown"
+}
+
 type options struct {
 	username, password, clientID string
 	tlsConfig                    *tls.Config

@@ -155,3 +155,47 @@ func total(srv *tbtest.Server) int {
 	}
 	return n
 }
+
+// TestOverflowPolicies fills the queue while the server is away and checks
+// each policy through the public API.
+func TestOverflowPolicies(t *testing.T) {
+	for _, tc := range []struct {
+		policy tb.OverflowPolicy
+		check  func(t *testing.T, g *tb.Gateway, first <-chan error, err error)
+	}{
+		{tb.FailFast, func(t *testing.T, g *tb.Gateway, _ <-chan error, err error) {
+			assert.ErrorIs(t, err, tb.ErrQueueFull)
+			assert.Equal(t, uint64(1), g.Stats().Refused)
+		}},
+		{tb.DropOldest, func(t *testing.T, g *tb.Gateway, first <-chan error, err error) {
+			require.NoError(t, err)
+			select {
+			case e := <-first:
+				assert.ErrorIs(t, e, tb.ErrDropped)
+			case <-time.After(wait):
+				t.Fatal("the oldest record was not dropped")
+			}
+			assert.Equal(t, uint64(1), g.Stats().Dropped)
+		}},
+		{tb.Block, func(t *testing.T, g *tb.Gateway, _ <-chan error, err error) {
+			assert.ErrorIs(t, err, context.DeadlineExceeded)
+		}},
+	} {
+		t.Run(fmt.Sprint(tc.policy), func(t *testing.T) {
+			srv := tbtest.NewServer(t)
+			g := dialTB(t, srv, tb.WithQueue(3, 1<<20, tc.policy))
+			srv.Stop()
+			require.Eventually(t, func() bool { return !g.Connected() }, wait, time.Millisecond)
+			ctx := ctxT(t)
+			first := make(chan error, 1)
+			require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, func(err error) { first <- err }, tb.Entry{TS: 1, Values: tb.Values{"n": 1}}))
+			for i := 2; i <= 3; i++ {
+				require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, nil, tb.Entry{TS: int64(i), Values: tb.Values{"n": i}}))
+			}
+			short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+			defer cancel()
+			err := g.Device("A").PublishTelemetryAsync(short, nil, tb.Entry{TS: 4, Values: tb.Values{"n": 4}})
+			tc.check(t, g, first, err)
+		})
+	}
+}
