@@ -325,7 +325,7 @@ func (g *Gateway) shutdown() {
 	}
 	for _, r := range rest {
 		if r.Waiter != nil {
-			r.Waiter.Fail(ErrClosed)
+			g.fail(r.Waiter, ErrClosed)
 		}
 	}
 	g.callbacks.Close()
@@ -656,7 +656,7 @@ func (g *Gateway) checkPoison(upFor time.Duration) {
 	}
 	for _, r := range m.Records {
 		if r.Waiter != nil {
-			r.Waiter.Fail(fmt.Errorf("%w: %s message of %d bytes", ErrPoisonMessage, m.Topic, len(m.Payload)))
+			g.fail(r.Waiter, fmt.Errorf("%w: %s message of %d bytes", ErrPoisonMessage, m.Topic, len(m.Payload)))
 		}
 	}
 	g.wake()
@@ -707,15 +707,10 @@ func (g *Gateway) send(ctx context.Context, recs []*outbox.Record) error {
 // enqueue queues the records of one call without waiting for the
 // acknowledgement; done, if set, gets the outcome on the callback lane.
 func (g *Gateway) enqueue(ctx context.Context, recs []*outbox.Record, done func(error)) error {
-	var cb func(error)
-	if done != nil {
-		cb = func(err error) {
-			if !g.callbacks.Submit(func() { done(err) }) {
-				go done(err) // the lane is full or closed: never lose an outcome
-			}
-		}
+	if done == nil {
+		done = func(error) {}
 	}
-	return g.put(ctx, recs, outbox.NewWaiter(len(recs), cb))
+	return g.put(ctx, recs, outbox.NewWaiter(len(recs), done))
 }
 
 // put accepts records into the queue (and the durable store), applying the
@@ -758,7 +753,7 @@ func (g *Gateway) onDrop(r *outbox.Record) {
 		g.durable.Remove([]*outbox.Record{r})
 	}
 	if r.Waiter != nil {
-		r.Waiter.Fail(ErrDropped)
+		g.fail(r.Waiter, ErrDropped)
 	}
 }
 
@@ -956,6 +951,25 @@ func (g *Gateway) transmit(m *outbox.Message) {
 	}
 }
 
+// fail fails a call; its callback, if any, runs off the caller's goroutine
+// (which may be paho's, or hold the queue's lock).
+func (g *Gateway) fail(w *outbox.Waiter, err error) {
+	if w.Fail(err) {
+		if cb := w.Callback(); cb != nil {
+			g.runCallbacks(func() { cb(err) })
+		}
+	}
+}
+
+// runCallbacks runs callbacks of async publishes on the callback lane, in
+// order; if the lane is full or closed, on a goroutine of their own, so that
+// no outcome is lost.
+func (g *Gateway) runCallbacks(job func()) {
+	if !g.callbacks.Submit(job) {
+		go job()
+	}
+}
+
 // qos0Loop completes QoS 0 messages once written, in order.
 func (g *Gateway) qos0Loop() {
 	for {
@@ -981,7 +995,7 @@ func (g *Gateway) qos0Loop() {
 func (g *Gateway) failRecords(m *outbox.Message, err error) {
 	for _, r := range m.Records {
 		if r.Waiter != nil {
-			r.Waiter.Fail(err)
+			g.fail(r.Waiter, err)
 		}
 	}
 }
@@ -994,11 +1008,20 @@ func (g *Gateway) onAck(m *outbox.Message) {
 	if g.durable != nil {
 		g.durable.Remove(m.Records)
 	}
+	var decided []*outbox.Waiter
 	for _, r := range m.Records {
-		if r.Waiter != nil {
-			r.Waiter.Ack()
+		if w := r.Waiter; w != nil && w.Ack() && w.Callback() != nil {
+			decided = append(decided, w)
 		}
 		g.recordAcked(r)
+	}
+	if len(decided) > 0 {
+		// One job for the callbacks of the whole message.
+		g.runCallbacks(func() {
+			for _, w := range decided {
+				w.Callback()(nil)
+			}
+		})
 	}
 	g.wake()
 }

@@ -185,6 +185,11 @@ func (e *encoder) telemetryRecords(t Telemetry, lim sizeLimit) ([]*outbox.Record
 	if len(t) == 0 {
 		return nil, fmt.Errorf("%w: no device", ErrNoData)
 	}
+	if len(t) == 1 { // the common case needs no sorting
+		for name, entries := range t {
+			return e.deviceRecords(make([]*outbox.Record, 0, 1), name, entries, lim)
+		}
+	}
 	e.names = sortedNames(e.names, t)
 	recs := make([]*outbox.Record, 0, len(e.names))
 	for _, name := range e.names {

@@ -84,9 +84,10 @@ type Waiter struct {
 	callback  func(error)
 }
 
-// NewWaiter returns a waiter for n records. callback, if not nil, runs once
-// with the outcome (on the goroutine that completes the last record: it
-// must not block).
+// NewWaiter returns a waiter for n records. callback, if not nil, is the
+// caller's: Ack and Fail report when the outcome is known, and whoever
+// learns it runs the callback (the gateway does so off the network
+// goroutine, several at a time).
 func NewWaiter(n int, callback func(error)) *Waiter {
 	w := &Waiter{callback: callback}
 	if callback == nil {
@@ -104,24 +105,31 @@ func (w *Waiter) Done() <-chan struct{} { return w.done }
 // Err is the outcome once Done is closed.
 func (w *Waiter) Err() error { return w.err }
 
-// Ack reports one record acknowledged.
-func (w *Waiter) Ack() {
+// Callback returns the caller's callback, nil when the caller waits on
+// Done.
+func (w *Waiter) Callback() func(error) { return w.callback }
+
+// Ack reports one record acknowledged; it returns true when that decided
+// the outcome (the last record, with no failure before).
+func (w *Waiter) Ack() bool {
 	if w.remaining.Add(-1) == 0 {
-		w.finish(nil)
+		return w.finish(nil)
 	}
+	return false
 }
 
-// Fail reports a record failed; the call fails.
-func (w *Waiter) Fail(err error) { w.finish(err) }
+// Fail reports a record failed: the call fails. It returns true when that
+// decided the outcome.
+func (w *Waiter) Fail(err error) bool { return w.finish(err) }
 
-func (w *Waiter) finish(err error) {
+func (w *Waiter) finish(err error) bool {
+	decided := false
 	w.once.Do(func() {
+		decided = true
 		w.err = err
 		if w.done != nil {
 			close(w.done)
 		}
-		if w.callback != nil {
-			w.callback(err)
-		}
 	})
+	return decided
 }
