@@ -152,7 +152,12 @@ func (q *Queue) Remove(n int) {
 		q.items = append([]*Record(nil), q.items[q.head:]...)
 		q.head = 0
 	}
-	q.wakeProducers()
+	// Blocked producers are woken only once an eighth of the queue is free
+	// again: waking all of them for every record taken makes a herd that
+	// costs more than the sending.
+	if q.space != nil && q.lenLocked() <= q.maxMsgs-q.maxMsgs/8 && q.bytes <= q.maxBytes-q.maxBytes/8 {
+		q.wakeProducers()
+	}
 }
 
 // Len returns the queued records and bytes.
