@@ -145,6 +145,9 @@ type encoder struct {
 	s     jsonx.Scratch
 	names []string
 	items []item
+	// The key order of the last values encoded, and the keys quoted.
+	order      []string
+	quotedKeys []string
 }
 
 var encoders = sync.Pool{New: func() any { return new(encoder) }}
@@ -410,8 +413,58 @@ func (e *encoder) members(device string, v Values, track bool) error {
 	if len(v) == 0 {
 		return &ValueError{Device: device, Err: fmt.Errorf("%w: no values", ErrNoData)}
 	}
+	if e.membersCached(device, v, track) {
+		return nil
+	}
 	keys := e.s.SortedKeys(v)
 	defer e.s.Release(keys)
+	if err := e.membersInOrder(device, v, keys, track); err != nil {
+		return err
+	}
+	// Remember the order: entries of one stream nearly always carry the
+	// same keys, and then sorting and quoting them again is wasted.
+	e.order = append(e.order[:0], keys...)
+	e.quotedKeys = e.quotedKeys[:0]
+	for _, k := range keys {
+		e.quotedKeys = append(e.quotedKeys, string(append(jsonx.AppendString(nil, k), ':')))
+	}
+	return nil
+}
+
+// membersCached encodes v with the key order of the previous values if v
+// has exactly those keys, and reports whether it did. A map with as many
+// keys, all of them found, is the same key set, so the order is the sorted
+// one.
+func (e *encoder) membersCached(device string, v Values, track bool) bool {
+	if len(e.order) != len(v) {
+		return false
+	}
+	mark, items := len(e.buf), len(e.items)
+	for i, k := range e.order {
+		val, ok := v[k]
+		if !ok {
+			e.buf, e.items = e.buf[:mark], e.items[:items]
+			return false
+		}
+		if i > 0 {
+			e.buf = append(e.buf, ',')
+		}
+		start := len(e.buf)
+		e.buf = append(e.buf, e.quotedKeys[i]...)
+		var err error
+		if e.buf, err = jsonx.AppendValue(e.buf, val, &e.s); err != nil {
+			// Let the general path report it.
+			e.buf, e.items = e.buf[:mark], e.items[:items]
+			return false
+		}
+		if track {
+			e.items = append(e.items, item{start, len(e.buf), 1})
+		}
+	}
+	return true
+}
+
+func (e *encoder) membersInOrder(device string, v Values, keys []string, track bool) error {
 	for i, k := range keys {
 		if k == "" {
 			return &ValueError{Device: device, Err: fmt.Errorf("%w: empty key", ErrInvalidKey)}
