@@ -92,12 +92,49 @@ func AppendFloat(dst []byte, f float64, bits int) ([]byte, error) {
 		dst = strconv.AppendFloat(dst, f, 'f', -1, bits)
 		return append(dst, '.', '0'), nil
 	}
+	if b, ok := appendShortFloat(dst, f, bits); ok {
+		return b, nil
+	}
 	abs := math.Abs(f)
 	format := byte('f')
 	if abs < 1e-6 || abs >= 1e21 {
 		format = 'e'
 	}
 	return strconv.AppendFloat(dst, f, format, -1, bits), nil
+}
+
+// appendShortFloat is the fast path for the usual measurement: a value
+// with at most six decimals and a moderate magnitude. n/1e6 computed in
+// float64 is the correctly rounded value of the decimal n×10⁻⁶, exactly
+// what a parser makes of the digits written here, so the check below
+// guarantees the text parses back to f. Trailing zeros are dropped, which
+// gives the same digits as the shortest representation.
+func appendShortFloat(dst []byte, f float64, bits int) ([]byte, bool) {
+	const scale = 1e6
+	if bits != 64 || !(f > -1e9 && f < 1e9) {
+		return dst, false
+	}
+	n := int64(math.Round(f * scale))
+	if float64(n)/scale != f {
+		return dst, false
+	}
+	if n < 0 {
+		dst = append(dst, '-')
+		n = -n
+	}
+	dst = strconv.AppendInt(dst, n/1_000_000, 10)
+	frac := n % 1_000_000
+	var digits [7]byte
+	digits[0] = '.'
+	for i := 6; i >= 1; i-- {
+		digits[i] = byte('0' + frac%10)
+		frac /= 10
+	}
+	end := 7
+	for end > 2 && digits[end-1] == '0' {
+		end--
+	}
+	return append(dst, digits[:end]...), true
 }
 
 // Scratch holds reusable buffers for sorting object keys.
