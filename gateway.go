@@ -91,7 +91,6 @@ type Gateway struct {
 	upOnce    sync.Once
 	connects  int
 	upSince   time.Time
-	lastError error
 	connState ConnectionState
 	connAcks  atomic.Int64 // acknowledgements on the current connection
 
@@ -548,7 +547,6 @@ func (g *Gateway) onConnectionLost(c mqtt.Client, err error) {
 		g.ready = make(chan struct{})
 	}
 	upFor := time.Since(g.upSince)
-	g.lastError = err
 	g.state.Unlock()
 	g.failPending(ErrConnectionLost)
 	g.checkPoison(upFor)

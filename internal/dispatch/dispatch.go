@@ -7,7 +7,6 @@
 package dispatch
 
 import (
-	"fmt"
 	"runtime/debug"
 	"sync"
 )
@@ -89,11 +88,3 @@ func (l *Lane) Done() <-chan struct{} {
 	}()
 	return ch
 }
-
-// PanicError describes a recovered panic.
-type PanicError struct {
-	Value any
-}
-
-// Error implements error.
-func (e *PanicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.Value) }

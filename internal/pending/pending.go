@@ -53,14 +53,6 @@ func (t *Table[K, V]) Resolve(key K, v V) bool {
 	return ok
 }
 
-// Has reports whether key is waiting.
-func (t *Table[K, V]) Has(key K) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	_, ok := t.waiters[key]
-	return ok
-}
-
 // FailAll hands err to every waiter and empties the table.
 func (t *Table[K, V]) FailAll(err error) {
 	t.mu.Lock()
@@ -70,11 +62,4 @@ func (t *Table[K, V]) FailAll(err error) {
 	for _, ch := range w {
 		ch <- Reply[V]{Err: err}
 	}
-}
-
-// Len is the number of waiters.
-func (t *Table[K, V]) Len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.waiters)
 }
