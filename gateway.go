@@ -109,6 +109,7 @@ type Gateway struct {
 	selfAttrs pending.Table[int32, []byte]
 	calls     pending.Table[int32, []byte]
 
+	poisonMu sync.Mutex // guards the poison bookkeeping of messages in flight
 	poisoned []PoisonMessage
 	echo     echoFilter
 	stats    counters
@@ -413,9 +414,11 @@ func (g *Gateway) onConnect(c mqtt.Client) {
 	}
 	g.state.Unlock()
 	resent := g.tracker.InFlight()
+	g.poisonMu.Lock()
 	for _, m := range resent {
 		m.SentAt = time.Now() // paho re-sends them now
 	}
+	g.poisonMu.Unlock()
 	g.connAcks.Store(0)
 	if n > 1 {
 		g.stats.reconnects.Add(1)
@@ -435,12 +438,22 @@ func (g *Gateway) onConnect(c mqtt.Client) {
 	if g.opts.sessionLimits {
 		go g.askSessionLimits()
 	}
+	// Whatever happens below, a message that overtook older ones must be
+	// sent again after them, before new data.
+	settled := false
+	defer func() {
+		if !settled {
+			g.resendOvertakers(resent)
+		}
+	}()
 	if n > 1 && !g.reannounce(c) {
 		return // the connection dropped again; the next onConnect starts over
 	}
 	if !g.awaitResent(c, resent) {
 		return
 	}
+	g.resendOvertakers(resent)
+	settled = true
 	g.state.Lock()
 	if g.connects == n && c.IsConnectionOpen() && !isClosed(g.ready) {
 		close(g.ready)
@@ -467,11 +480,16 @@ func (g *Gateway) awaitResent(c mqtt.Client, resent []*outbox.Message) bool {
 			time.Sleep(2 * time.Millisecond)
 		}
 	}
-	// A message that overtook older ones gets sent once more, after them,
-	// so that the last copy of every message reaches the server in order
-	// and a device's latest values end up right.
+	return true
+}
+
+// resendOvertakers queues, ahead of everything, another copy of each
+// message that overtook older ones, so that the last copy of every message
+// reaches the server in order and a device's latest values end up right.
+// The queue is still held: the copies go out after the older messages.
+func (g *Gateway) resendOvertakers(resent []*outbox.Message) {
 	var again []*outbox.Record
-	for _, m := range outbox.Overtakers(resent) {
+	for _, m := range g.tracker.Overtakers(resent) {
 		for _, r := range m.Records {
 			cp := *r
 			cp.Waiter, cp.Seq = nil, 0 // its caller already has the outcome
@@ -483,7 +501,6 @@ func (g *Gateway) awaitResent(c mqtt.Client, resent []*outbox.Message) bool {
 		_ = g.queue.Put(context.Background(), again, true)
 		g.log.Info("tbgateway: re-sending messages that overtook re-sent ones", "records", len(again))
 	}
-	return true
 }
 
 // reannounce sends v1/gateway/connect again for every connected device,
@@ -604,6 +621,8 @@ func (g *Gateway) checkPoison(upFor time.Duration) {
 	if g.opts.poisonThreshold <= 0 {
 		return
 	}
+	g.poisonMu.Lock() // paho may run two lost handlers, and onConnect, at once
+	defer g.poisonMu.Unlock()
 	inflight := g.tracker.InFlight()
 	if len(inflight) == 0 {
 		return

@@ -78,18 +78,21 @@ func (t *Tracker) InFlight() []*Message {
 	return out
 }
 
-// Overtakers returns the messages of ms (all acknowledged, oldest sent
-// first) that were acknowledged before an older one: after a reconnect a
-// publish paho was handing over when the connection dropped can reach the
-// new connection ahead of the messages paho re-sends.
-func Overtakers(ms []*Message) []*Message {
+// Overtakers returns the acknowledged messages of ms (oldest sent first)
+// that an older one will follow: an older message acknowledged after it,
+// or still in flight (to be re-sent after another reconnect). After a
+// reconnect a publish paho was handing over when the connection dropped can
+// reach the new connection ahead of the messages paho re-sends.
+func (t *Tracker) Overtakers(ms []*Message) []*Message {
+	t.mu.Lock() // AckSeq is written under it
+	defer t.mu.Unlock()
 	var out []*Message
 	for i, m := range ms {
 		if m.AckSeq == 0 {
-			continue // not acknowledged (set aside)
+			continue // not acknowledged: still in flight, or set aside
 		}
 		for _, older := range ms[:i] {
-			if older.AckSeq > m.AckSeq {
+			if older.AckSeq > m.AckSeq || (older.AckSeq == 0 && t.hasLocked(older)) {
 				out = append(out, m)
 				break
 			}
@@ -102,6 +105,10 @@ func Overtakers(ms []*Message) []*Message {
 func (t *Tracker) Has(m *Message) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.hasLocked(m)
+}
+
+func (t *Tracker) hasLocked(m *Message) bool {
 	for _, x := range t.byID {
 		if x == m {
 			return true
