@@ -90,7 +90,7 @@ func TestSessionRefresh(t *testing.T) {
 		}
 		return n
 	}
-	stop := time.After(1700 * time.Millisecond)
+	stop := time.After(2500 * time.Millisecond)
 loop:
 	for {
 		select {
