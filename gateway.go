@@ -1027,10 +1027,12 @@ func (g *Gateway) onAck(m *outbox.Message) {
 	}
 	var decided []*outbox.Waiter
 	for _, r := range m.Records {
+		// The registry first: a Connect returns as soon as its waiter is
+		// acknowledged, and must find the device registered.
+		g.recordAcked(r)
 		if w := r.Waiter; w != nil && w.Ack() && w.Callback() != nil {
 			decided = append(decided, w)
 		}
-		g.recordAcked(r)
 	}
 	if len(decided) > 0 {
 		// One job for the callbacks of the whole message.
