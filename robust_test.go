@@ -358,12 +358,21 @@ func TestReconnectReannounces(t *testing.T) {
 // everything arrives once the server is back, devices announced first.
 func TestPublishWhileDown(t *testing.T) {
 	srv := tbtest.NewServer(t)
-	g := dialTB(t, srv, tb.WithMaxReconnectDelay(100*time.Millisecond))
+	down := make(chan struct{}, 4)
+	g := dialTB(t, srv, tb.WithMaxReconnectDelay(100*time.Millisecond), tb.WithConnectionListener(func(e tb.ConnectionEvent) {
+		if e.State == tb.Down {
+			down <- struct{}{}
+		}
+	}))
 	ctx := ctxT(t)
 	_, err := g.Connect(ctx, "A", tb.WithDeviceProfile("P"))
 	require.NoError(t, err)
 	srv.Stop()
-	require.Eventually(t, func() bool { return !g.Connected() }, wait, time.Millisecond)
+	select { // the gateway knows it is down: new data stays queued
+	case <-down:
+	case <-time.After(wait):
+		t.Fatal("no Down event")
+	}
 
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
