@@ -74,10 +74,6 @@ func (e *encoder) attributeRecords(a Attributes, lim sizeLimit) ([]*outbox.Recor
 	return recs, nil
 }
 
-func (e *encoder) gatewayAttributes(a Attributes) error {
-	return e.pack(e.attributeRecords(a, unlimited))
-}
-
 // PublishAttributes sends this device's client-side attributes; see
 // Gateway.PublishAttributes.
 func (d *Device) PublishAttributes(ctx context.Context, v Values) error {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/thingsgate/tbgateway/internal/jsonx"
+	"github.com/thingsgate/tbgateway/internal/outbox"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
@@ -346,4 +348,36 @@ func TestFloatFormatting(t *testing.T) {
 	b, err := jsonx.AppendValue(nil, celsius(21), &jsonx.Scratch{})
 	require.NoError(t, err)
 	assert.Equal(t, "21.0", string(b), "named float types keep their decimal point")
+}
+
+// Whole-payload encoders for the golden files and vectors: the records of
+// a call packed into one message, as the sender does.
+
+// unlimited is the size limit of encoders used for whole payloads.
+var unlimited = sizeLimit{max: math.MaxInt, qos: 1}
+
+// pack joins records into one payload.
+func (e *encoder) pack(recs []*outbox.Record, err error) error {
+	if err != nil {
+		return err
+	}
+	m, n := outbox.Pack(recs, math.MaxInt, 0, 1, true)
+	if n != len(recs) {
+		return fmt.Errorf("packed %d of %d records", n, len(recs))
+	}
+	e.buf = append(e.buf[:0], m.Payload...)
+	return nil
+}
+
+func (e *encoder) gatewayTelemetry(t Telemetry) error {
+	return e.pack(e.telemetryRecords(t, unlimited))
+}
+
+func (e *encoder) deviceTelemetry(name string, entries []Entry) error {
+	return e.gatewayTelemetry(Telemetry{name: entries})
+}
+
+// gatewayAttributes encodes a as one payload.
+func (e *encoder) gatewayAttributes(a Attributes) error {
+	return e.pack(e.attributeRecords(a, unlimited))
 }

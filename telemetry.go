@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"strconv"
 	"sync"
@@ -179,9 +178,6 @@ type sizeLimit struct {
 	maxPoints int // data points one message may carry; 0: no limit
 }
 
-// unlimited is the size limit of encoders used for whole payloads.
-var unlimited = sizeLimit{max: math.MaxInt, qos: 1}
-
 // telemetryRecords encodes t as one record per device, or more where a
 // device's entries do not fit in one message.
 func (e *encoder) telemetryRecords(t Telemetry, lim sizeLimit) ([]*outbox.Record, error) {
@@ -284,28 +280,6 @@ func quotedName(name string) string {
 		}
 	}
 	return q
-}
-
-// pack joins records into one payload, as the sender does; for tests and
-// golden files.
-func (e *encoder) pack(recs []*outbox.Record, err error) error {
-	if err != nil {
-		return err
-	}
-	m, n := outbox.Pack(recs, math.MaxInt, 0, 1, true)
-	if n != len(recs) {
-		return fmt.Errorf("packed %d of %d records", n, len(recs))
-	}
-	e.buf = append(e.buf[:0], m.Payload...)
-	return nil
-}
-
-func (e *encoder) gatewayTelemetry(t Telemetry) error {
-	return e.pack(e.telemetryRecords(t, unlimited))
-}
-
-func (e *encoder) deviceTelemetry(name string, entries []Entry) error {
-	return e.gatewayTelemetry(Telemetry{name: entries})
 }
 
 func (e *encoder) selfTelemetry(entries []Entry) error {
