@@ -83,9 +83,14 @@ func TestVerifierCountsExactly(t *testing.T) {
 	v.add(ds.naivePayloads()[0])                          // a duplicate entry
 	v.add([]byte(`{"Device 0000":[{"ts":1,"values":{}}`)) // truncated
 	v.add([]byte(`{"Unknown":[{"ts":1700000000000,"values":{"k0":1}}]}`))
+	require.Zero(t, v.stats().unique, "payloads are held, not scanned, while a run is timed")
+	require.NotZero(t, v.retained())
+	v.scanHeld()
+	require.Zero(t, v.retained())
+	v.add(ds.naivePayloads()[1]) // scanned at once from now on
 	st := v.stats()
 	require.Equal(t, ds.points(), st.unique)
-	require.EqualValues(t, 2, st.dups)
+	require.EqualValues(t, 4, st.dups)
 	require.EqualValues(t, 1, st.malformed)
 	require.EqualValues(t, 1, st.bad)
 }

@@ -621,7 +621,7 @@ func measure(ctx context.Context, cfg config, ds *dataset, name string) (*result
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	heap := startHeapSampler()
+	heap := startHeapSampler(v.retained)
 	rctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	o := p.fire(rctx)
 	ackedAt := time.Now()
@@ -651,8 +651,9 @@ func percentile(lat []time.Duration, p float64) time.Duration {
 }
 
 // sdkPublisher streams through the public API: one goroutine per device,
-// each calling PublishTelemetryAsync for batch entries at a time with a
-// Values map it refills for every call, as an application would.
+// each calling its Device's PublishTelemetryAsync for batch entries at a
+// time with a Values map it refills for every call, as an application
+// would.
 type sdkPublisher struct {
 	g     *tbgateway.Gateway
 	ds    *dataset
@@ -709,7 +710,7 @@ func (p *sdkPublisher) fire(ctx context.Context) outcome {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			name := p.ds.devices[d]
+			dev := p.g.Device(p.ds.devices[d])
 			batch := make([]tbgateway.Entry, p.batch)
 			for k := range batch {
 				batch[k].Values = make(tbgateway.Values, len(p.ds.keys))
@@ -724,8 +725,7 @@ func (p *sdkPublisher) fire(ctx context.Context) outcome {
 				}
 				idx := d*perDevice + call
 				t := time.Since(c.t0)
-				err := p.g.PublishTelemetryAsync(ctx, tbgateway.Telemetry{name: batch[:n]},
-					func(err error) { c.finish(idx, t, err) })
+				err := dev.PublishTelemetryAsync(ctx, func(err error) { c.finish(idx, t, err) }, batch[:n]...)
 				if err != nil {
 					c.finish(idx, t, err)
 				}
@@ -830,16 +830,25 @@ func (p *rawPublisher) close() { p.c.Disconnect(100) }
 // ---------------------------------------------------------------- subscriber
 
 // verifier counts, per device and entry, the data points the subscriber
-// received: exact, duplicates apart.
+// received: exact, duplicates apart. While a run is timed it only holds the
+// payloads (paho hands each message a fresh slice) and scans them once the
+// run is over, so that checking does not take CPU from the publisher being
+// measured; past heldMax bytes it scans as they arrive.
 type verifier struct {
 	ds    *dataset
 	index map[string]int // device name as on the wire (unquoted) -> index
 
 	mu        sync.Mutex
+	held      [][]byte
+	heldBytes atomic.Int64
+	deferred  bool     // hold payloads instead of scanning them
 	seen      []uint64 // bit per (device, entry)
 	st        verifyStats
 	changedAt time.Time
 }
+
+// heldMax bounds the payloads a verifier holds (the bench's own heap).
+const heldMax = 256 << 20
 
 type verifyStats struct {
 	messages, bytes   int64
@@ -848,7 +857,7 @@ type verifyStats struct {
 }
 
 func newVerifier(ds *dataset) *verifier {
-	v := &verifier{ds: ds, index: make(map[string]int, len(ds.devices)),
+	v := &verifier{ds: ds, index: make(map[string]int, len(ds.devices)), deferred: true,
 		seen: make([]uint64, (len(ds.devices)*ds.entries+63)/64), changedAt: time.Now()}
 	for d, q := range ds.quoted {
 		v.index[q[1:len(q)-1]] = d
@@ -862,6 +871,32 @@ func (v *verifier) add(payload []byte) {
 	v.st.messages++
 	v.st.bytes += int64(len(payload))
 	v.changedAt = time.Now()
+	if v.deferred && v.heldBytes.Load() < heldMax {
+		v.held = append(v.held, payload)
+		v.heldBytes.Add(int64(cap(payload)))
+		return
+	}
+	v.scan(payload)
+}
+
+// retained is what the verifier holds of the heap, to be left out of the
+// publisher's peak.
+func (v *verifier) retained() uint64 { return uint64(v.heldBytes.Load()) }
+
+// scanHeld stops holding payloads and scans those held.
+func (v *verifier) scanHeld() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.deferred = false
+	for i, p := range v.held {
+		v.scan(p)
+		v.held[i] = nil
+	}
+	v.held = nil
+	v.heldBytes.Store(0)
+}
+
+func (v *verifier) scan(payload []byte) {
 	ok := scanTelemetry(payload, func(dev []byte, ts int64, points int) {
 		d, known := v.index[string(dev)]
 		i := ts - baseTS
@@ -888,9 +923,10 @@ func (v *verifier) stats() verifyStats {
 	return v.st
 }
 
-// wait returns when every point arrived, or nothing arrived for quiet,
-// with the time the last message arrived.
+// wait scans what was held, then returns when every point arrived, or
+// nothing arrived for quiet, with the time the last message arrived.
 func (v *verifier) wait(ctx context.Context, quiet time.Duration) time.Time {
+	v.scanHeld()
 	want := v.ds.points()
 	for {
 		v.mu.Lock()
@@ -904,9 +940,8 @@ func (v *verifier) wait(ctx context.Context, quiet time.Duration) time.Time {
 }
 
 func subscribe(broker string, v *verifier) (paho.Client, error) {
-	// Messages are handled in order on paho's router goroutine: the
-	// handler only scans the payload, so it keeps up (see the subscriber lag
-	// in the report).
+	// Messages are handled in order on paho's router goroutine; the
+	// handler only keeps the payload while the run is timed.
 	c, err := pahoConnect(broker, "bench-sub-", func(o *paho.ClientOptions) { o.SetOrderMatters(true) })
 	if err != nil {
 		return nil, err
@@ -1119,17 +1154,23 @@ func readHeap(s []metrics.Sample) uint64 {
 	return s[0].Value.Uint64()
 }
 
-func startHeapSampler() *heapSampler {
+// startHeapSampler samples the heap, less what exclude reports held by
+// the bench itself.
+func startHeapSampler(exclude func() uint64) *heapSampler {
 	h := &heapSampler{stopc: make(chan struct{}), done: make(chan struct{})}
 	s := []metrics.Sample{{Name: heapMetric}}
-	h.base = readHeap(s)
+	read := func() uint64 {
+		held, heap := exclude(), readHeap(s)
+		return heap - min(held, heap)
+	}
+	h.base = read()
 	h.peak = h.base
 	go func() {
 		defer close(h.done)
 		t := time.NewTicker(2 * time.Millisecond)
 		defer t.Stop()
 		for {
-			h.peak = max(h.peak, readHeap(s))
+			h.peak = max(h.peak, read())
 			select {
 			case <-t.C:
 			case <-h.stopc:
