@@ -194,7 +194,7 @@ func (g *Gateway) onDeviceNotice(req *RPCRequest) error {
 				// Open the session under the new name so that its RPCs
 				// and attribute updates keep coming.
 				r := &outbox.Record{Topic: topicGatewayConnect, Body: encodeConnect(renamed, profile), DeviceName: renamed, Note: profile}
-				if err := g.put(g.ctx, []*outbox.Record{r}, outbox.NewWaiter(1, nil)); err != nil {
+				if err := g.enqueue(g.ctx, r.Alone(), nil); err != nil {
 					return err
 				}
 			}
@@ -329,7 +329,7 @@ func (g *Gateway) refreshLoop() {
 		g.mu.RUnlock()
 		for _, d := range quiet {
 			r := &outbox.Record{Topic: topicGatewayConnect, Body: encodeConnect(d.Name, d.Profile), DeviceName: d.Name, Note: d.Profile}
-			if err := g.put(g.ctx, []*outbox.Record{r}, outbox.NewWaiter(1, nil)); err != nil {
+			if err := g.enqueue(g.ctx, r.Alone(), nil); err != nil {
 				return
 			}
 			g.stats.refreshed.Add(1)

@@ -491,9 +491,7 @@ func (g *Gateway) resendOvertakers(resent []*outbox.Message) {
 	var again []*outbox.Record
 	for _, m := range g.tracker.Overtakers(resent) {
 		for _, r := range m.Records {
-			cp := *r
-			cp.Waiter, cp.Seq = nil, 0 // its caller already has the outcome
-			again = append(again, &cp)
+			again = append(again, r.Clone()) // its caller already has the outcome
 		}
 		g.stats.resent.Add(1)
 	}
@@ -692,7 +690,7 @@ func (g *Gateway) publish(ctx context.Context, r *outbox.Record) error {
 	if n, max := outbox.Overhead(r.Topic, g.opts.qos)+len(r.Body), g.limit().max; n > max {
 		return &PayloadTooLargeError{Topic: r.Topic, Size: n, Limit: max}
 	}
-	return g.send(ctx, []*outbox.Record{r})
+	return g.send(ctx, r.Alone())
 }
 
 // send is the one outbound path: it queues the records of one call and
@@ -700,8 +698,8 @@ func (g *Gateway) publish(ctx context.Context, r *outbox.Record) error {
 // or ctx ends. A ctx without deadline gets the request timeout. If it ends
 // first, the data stays queued and the error wraps ErrEnqueued.
 func (g *Gateway) send(ctx context.Context, recs []*outbox.Record) error {
-	w := outbox.NewWaiter(len(recs), nil)
-	if err := g.put(ctx, recs, w); err != nil {
+	w := outbox.Bind(recs, nil)
+	if err := g.put(ctx, recs); err != nil {
 		return err
 	}
 	ctx, cancel := g.requestContext(ctx)
@@ -727,17 +725,15 @@ func (g *Gateway) enqueue(ctx context.Context, recs []*outbox.Record, done func(
 	if done == nil {
 		done = func(error) {}
 	}
-	return g.put(ctx, recs, outbox.NewWaiter(len(recs), done))
+	outbox.Bind(recs, done)
+	return g.put(ctx, recs)
 }
 
-// put accepts records into the queue (and the durable store), applying the
-// overflow policy.
-func (g *Gateway) put(ctx context.Context, recs []*outbox.Record, w *outbox.Waiter) error {
+// put accepts the records of one call, bound to its waiter, into the queue
+// (and the durable store), applying the overflow policy.
+func (g *Gateway) put(ctx context.Context, recs []*outbox.Record) error {
 	if g.closed() {
 		return ErrClosed
-	}
-	for _, r := range recs {
-		r.Waiter = w
 	}
 	if g.durable != nil {
 		if err := g.durable.Append(recs); err != nil {
@@ -1025,7 +1021,7 @@ func (g *Gateway) onAck(m *outbox.Message) {
 	if g.durable != nil {
 		g.durable.Remove(m.Records)
 	}
-	var decided []*outbox.Waiter
+	decided := make([]*outbox.Waiter, 0, len(m.Records))
 	for _, r := range m.Records {
 		// The registry first: a Connect returns as soon as its waiter is
 		// acknowledged, and must find the device registered.

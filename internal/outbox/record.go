@@ -9,10 +9,7 @@
 // counted exactly as ThingsBoard counts it.
 package outbox
 
-import (
-	"sync"
-	"sync/atomic"
-)
+import "sync/atomic"
 
 // Kind says how a Record becomes a message.
 type Kind uint8
@@ -58,6 +55,37 @@ type Record struct {
 	// Isolate keeps the record out of merged messages: it was part of a
 	// message the server kept rejecting, and must be tried alone.
 	Isolate bool
+
+	// call is the storage of the Waiter of a call this record begins
+	// (Bind), and self the slice of a call of this record alone
+	// (Alone): a call of one record is then one allocation.
+	call Waiter
+	self [1]*Record
+}
+
+// Clone returns a copy of r for another message, without its waiter and
+// durable sequence: a copy sent again for a call that already has its
+// outcome.
+func (r *Record) Clone() *Record {
+	return &Record{Kind: r.Kind, Topic: r.Topic, Device: r.Device, Body: r.Body, Points: r.Points,
+		DeviceName: r.DeviceName, Note: r.Note, Isolate: r.Isolate}
+}
+
+// Alone returns the records of a call of r alone.
+func (r *Record) Alone() []*Record {
+	r.self[0] = r
+	return r.self[:]
+}
+
+// Bind makes recs the records of one call and returns its waiter, kept in
+// the first record; callback is as for NewWaiter.
+func Bind(recs []*Record, callback func(error)) *Waiter {
+	w := &recs[0].call
+	w.init(len(recs), callback)
+	for _, r := range recs {
+		r.Waiter = w
+	}
+	return w
 }
 
 // TopicOf returns the topic the record is published on.
@@ -78,7 +106,7 @@ func (r *Record) Cost() int { return len(r.Body) + len(r.Device) + len(r.Topic) 
 // when all of them are acknowledged, or at the first failure.
 type Waiter struct {
 	remaining atomic.Int64
-	once      sync.Once
+	decided   atomic.Bool
 	done      chan struct{}
 	err       error
 	callback  func(error)
@@ -89,13 +117,18 @@ type Waiter struct {
 // learns it runs the callback (the gateway does so off the network
 // goroutine, several at a time).
 func NewWaiter(n int, callback func(error)) *Waiter {
-	w := &Waiter{callback: callback}
+	w := new(Waiter)
+	w.init(n, callback)
+	return w
+}
+
+func (w *Waiter) init(n int, callback func(error)) {
+	w.callback = callback
 	if callback == nil {
 		// Only a caller that waits needs the channel.
 		w.done = make(chan struct{})
 	}
 	w.remaining.Store(int64(n))
-	return w
 }
 
 // Done is closed when the outcome is known (nil for a waiter with a
@@ -123,13 +156,12 @@ func (w *Waiter) Ack() bool {
 func (w *Waiter) Fail(err error) bool { return w.finish(err) }
 
 func (w *Waiter) finish(err error) bool {
-	decided := false
-	w.once.Do(func() {
-		decided = true
-		w.err = err
-		if w.done != nil {
-			close(w.done)
-		}
-	})
-	return decided
+	if !w.decided.CompareAndSwap(false, true) {
+		return false
+	}
+	w.err = err
+	if w.done != nil {
+		close(w.done)
+	}
+	return true
 }
