@@ -37,6 +37,7 @@ type Queue struct {
 	policy   Policy
 	closed   bool
 	notify   chan struct{} // one-slot: wakes the consumer after a Put
+	peeked   bool          // the consumer looked since the last wake
 	space    chan struct{} // closed when room is made; nil when nobody waits
 	dropped  uint64
 	onDrop   func(r *Record)
@@ -124,8 +125,14 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 		q.items = append(q.items, recs...)
 	}
 	q.bytes += cost
+	// Only the first Put after the consumer looked needs to tell it: the
+	// others would find the channel full anyway, after taking its lock.
+	wake := q.peeked
+	q.peeked = false
 	q.mu.Unlock()
-	q.wakeConsumer()
+	if wake {
+		q.wakeConsumer()
+	}
 	return nil
 }
 
@@ -135,6 +142,7 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 func (q *Queue) Peek(max int) ([]*Record, <-chan struct{}) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.peeked = true
 	n := min(q.lenLocked(), max)
 	return q.items[q.head : q.head+n : q.head+n], q.notify
 }
