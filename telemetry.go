@@ -147,6 +147,10 @@ type encoder struct {
 	// The key order of the last values encoded, and the keys quoted.
 	order      []string
 	quotedKeys []string
+	// slab is where record bodies are carved from (keep), and records the
+	// records (record).
+	slab    []byte
+	records []outbox.Record
 }
 
 var encoders = sync.Pool{New: func() any { return new(encoder) }}
@@ -170,6 +174,44 @@ func (e *encoder) release() {
 // payload copies the encoded bytes: paho keeps the slice until the PUBACK.
 func (e *encoder) payload() []byte { return bytes.Clone(e.buf) }
 
+// Bodies of up to slabMax bytes are copied into a shared slab of slabSize
+// rather than allocated one by one: a stream of small records then costs
+// one allocation per slabSize bytes, and nothing for the GC to scan. A slab
+// lives while any body carved from it does; bodies carved together are
+// queued and acknowledged together, so little is held for long.
+const (
+	slabSize = 16 << 10
+	slabMax  = 1 << 10
+)
+
+// recordChunk is how many records are allocated at once: one allocation
+// instead of one per call. A chunk lives while any of its records does,
+// like a slab.
+const recordChunk = 32
+
+// record returns a new zero record.
+func (e *encoder) record() *outbox.Record {
+	if len(e.records) == 0 {
+		e.records = make([]outbox.Record, recordChunk)
+	}
+	r := &e.records[0]
+	e.records = e.records[1:]
+	return r
+}
+
+// keep returns an immutable copy of b, which the encoder reuses.
+func (e *encoder) keep(b []byte) []byte {
+	if len(b) > slabMax {
+		return bytes.Clone(b)
+	}
+	if cap(e.slab)-len(e.slab) < len(b) {
+		e.slab = make([]byte, 0, slabSize)
+	}
+	n := len(e.slab)
+	e.slab = append(e.slab, b...)
+	return e.slab[n:len(e.slab):len(e.slab)]
+}
+
 // sizeLimit is what one message may weigh: the server's maximum remaining
 // length, at the gateway's QoS.
 type sizeLimit struct {
@@ -186,7 +228,7 @@ func (e *encoder) telemetryRecords(t Telemetry, lim sizeLimit) ([]*outbox.Record
 	}
 	if len(t) == 1 { // the common case needs no sorting
 		for name, entries := range t {
-			return e.deviceRecords(make([]*outbox.Record, 0, 1), name, entries, lim)
+			return e.deviceRecords(nil, name, entries, lim)
 		}
 	}
 	e.names = sortedNames(e.names, t)
@@ -234,8 +276,14 @@ func (e *encoder) split(recs []*outbox.Record, kind outbox.Kind, name string, li
 	fixed := outbox.Overhead(r.TopicOf(), lim.qos) + len(dev) + 5 // {"dev":[...]}
 	first, size, points := 0, fixed, 0
 	flush := func(last int) {
-		body := bytes.Clone(e.buf[e.items[first].start:e.items[last].end])
-		recs = append(recs, &outbox.Record{Kind: kind, Device: dev, DeviceName: name, Body: body, Points: points})
+		body := e.keep(e.buf[e.items[first].start:e.items[last].end])
+		r := e.record()
+		r.Kind, r.Device, r.DeviceName, r.Body, r.Points = kind, dev, name, body, points
+		if recs == nil {
+			recs = r.Alone() // a call of one record needs no slice of its own
+		} else {
+			recs = append(recs, r)
+		}
 	}
 	for i, it := range e.items {
 		n := it.end - it.start
