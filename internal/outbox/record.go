@@ -31,8 +31,11 @@ const (
 
 // Record is one queued piece of outbound data.
 type Record struct {
-	Kind  Kind
-	Topic string // Raw only; the mergeable kinds have a fixed topic
+	Kind Kind
+	// Isolate keeps the record out of merged messages: it was part of a
+	// message the server kept rejecting, and must be tried alone.
+	Isolate bool
+	Topic   string // Raw only; the mergeable kinds have a fixed topic
 	// Device is the device name as a JSON string, quotes included, for the
 	// mergeable kinds.
 	Device string
@@ -52,9 +55,6 @@ type Record struct {
 	// Note carries what the gateway must remember when the record is
 	// acknowledged (the profile of a connect).
 	Note string
-	// Isolate keeps the record out of merged messages: it was part of a
-	// message the server kept rejecting, and must be tried alone.
-	Isolate bool
 
 	// call is the storage of the Waiter of a call this record begins
 	// (Bind), and self the slice of a call of this record alone
