@@ -214,8 +214,13 @@ func TestFaultBrokerRestarts(t *testing.T) {
 		done <- err
 	}()
 	restarts, midStream := 0, 0
+	total := uint64(plan.devices * plan.entries)
 	for restarts < 6 && streaming.Load() {
-		time.Sleep(80 * time.Millisecond)
+		// Spread the restarts over the stream, whatever its speed: each
+		// waits for another eighth of the points to be acknowledged.
+		for want := total * uint64(restarts+1) / 8; streaming.Load() && g.Stats().DataPoints < want; {
+			time.Sleep(2 * time.Millisecond)
+		}
 		b.Stop()
 		time.Sleep(30 * time.Millisecond)
 		require.NoError(t, b.Start())
