@@ -746,7 +746,6 @@ func (g *Gateway) put(ctx context.Context, recs []*outbox.Record) error {
 	}
 	switch {
 	case err == nil:
-		g.stats.accepted.Add(uint64(len(recs)))
 		return nil
 	case errors.Is(err, outbox.ErrFull):
 		g.stats.refused.Add(1)
@@ -1202,7 +1201,7 @@ type Stats struct {
 
 type counters struct {
 	published, acked, publishErrors, received, malformed, echoes atomic.Uint64
-	dropped, panics, reconnects, accepted, points, resent        atomic.Uint64
+	dropped, panics, reconnects, points, resent                  atomic.Uint64
 	restored, refused, droppedOverflow, poisoned, announced      atomic.Uint64
 	refreshed, limitsApplied, isolated                           atomic.Uint64
 }
@@ -1215,7 +1214,7 @@ func (g *Gateway) Stats() Stats {
 		Queued:         q,
 		QueuedBytes:    qb,
 		InFlight:       g.tracker.Count(),
-		Accepted:       s.accepted.Load(),
+		Accepted:       g.queue.Added(),
 		Published:      s.published.Load(),
 		Acknowledged:   s.acked.Load(),
 		DataPoints:     s.points.Load(),

@@ -40,6 +40,7 @@ type Queue struct {
 	peeked   bool          // the consumer looked since the last wake
 	space    chan struct{} // closed when room is made; nil when nobody waits
 	dropped  uint64
+	added    uint64 // records Put at the tail, counted under the lock Put holds anyway
 	onDrop   func(r *Record)
 }
 
@@ -123,6 +124,7 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 		q.items, q.head = items, 0
 	} else {
 		q.items = append(q.items, recs...)
+		q.added += uint64(len(recs))
 	}
 	q.bytes += cost
 	// Only the first Put after the consumer looked needs to tell it: the
@@ -173,6 +175,13 @@ func (q *Queue) Len() (msgs, bytes int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.lenLocked(), q.bytes
+}
+
+// Added returns how many records were Put at the tail.
+func (q *Queue) Added() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.added
 }
 
 // Dropped returns how many records DropOldest evicted.
