@@ -361,6 +361,59 @@ type dataset struct {
 	quoted  []string // names as JSON strings
 	keys    []string // in the SDK's (sorted) order
 	entries int
+
+	// The raw runs' payloads, built once.
+	naive, packed *payloadSet
+	packedQoS     byte
+}
+
+// payloadSet holds pre-encoded payloads back to back outside the Go heap,
+// so that a raw run's heap, like an SDK run's, holds only what the run
+// allocates as it goes: hundreds of megabytes of test data on the heap
+// would make the GC run far less often during raw runs than during SDK
+// runs.
+type payloadSet struct {
+	arena []byte
+	ends  []int
+}
+
+func newPayloadSet(ps [][]byte) *payloadSet {
+	n := 0
+	for _, p := range ps {
+		n += len(p)
+	}
+	s := &payloadSet{ends: make([]int, 0, len(ps))}
+	s.arena, _ = offHeap(max(n, 1))
+	for _, p := range ps {
+		s.arena = append(s.arena, p...)
+		s.ends = append(s.ends, len(s.arena))
+	}
+	return s
+}
+
+func (s *payloadSet) len() int { return len(s.ends) }
+
+// at returns payload i.
+func (s *payloadSet) at(i int) []byte {
+	start := 0
+	if i > 0 {
+		start = s.ends[i-1]
+	}
+	return s.arena[start:s.ends[i]:s.ends[i]]
+}
+
+func (ds *dataset) naiveSet() *payloadSet {
+	if ds.naive == nil {
+		ds.naive = newPayloadSet(ds.naivePayloads())
+	}
+	return ds.naive
+}
+
+func (ds *dataset) packedSet(qos byte) *payloadSet {
+	if ds.packed == nil || ds.packedQoS != qos {
+		ds.packed, ds.packedQoS = newPayloadSet(ds.packedPayloads(qos)), qos
+	}
+	return ds.packed
 }
 
 func newDataset(devices, entries, keys int) *dataset {
@@ -593,9 +646,9 @@ func setup(ctx context.Context, cfg config, ds *dataset, name string) (publisher
 	case runUnbatched:
 		return newSDKPublisher(ctx, cfg, ds, 1, tbgateway.WithoutCoalescing())
 	case runNaive:
-		return newRawPublisher(cfg, ds.naivePayloads())
+		return newRawPublisher(cfg, ds.naiveSet())
 	case runPacked:
-		return newRawPublisher(cfg, ds.packedPayloads(byte(cfg.QoS)))
+		return newRawPublisher(cfg, ds.packedSet(byte(cfg.QoS)))
 	}
 	return nil, fmt.Errorf("unknown run %q", name)
 }
@@ -780,12 +833,12 @@ func (p *sdkPublisher) close() {
 // connection's publishes in order), recording each one's latency.
 type rawPublisher struct {
 	c        paho.Client
-	payloads [][]byte
+	payloads *payloadSet
 	qos      byte
 	inflight int
 }
 
-func newRawPublisher(cfg config, payloads [][]byte) (*rawPublisher, error) {
+func newRawPublisher(cfg config, payloads *payloadSet) (*rawPublisher, error) {
 	c, err := pahoConnect(cfg.Broker, "bench-raw-", nil)
 	if err != nil {
 		return nil, err
@@ -800,7 +853,12 @@ func (p *rawPublisher) fire(ctx context.Context) outcome {
 	}
 	window := make(chan struct{}, p.inflight)
 	pending := make(chan sent, p.inflight)
-	o := outcome{lat: make([]time.Duration, 0, len(p.payloads))}
+	total := p.payloads.len()
+	every := 1 // latency sampling, as for SDK calls when there are as many
+	if total >= 100_000 {
+		every = latencyEvery
+	}
+	o := outcome{lat: make([]time.Duration, 0, total/every+1)}
 	var end time.Duration
 	collected := make(chan struct{})
 	t0 := time.Now()
@@ -811,30 +869,33 @@ func (p *rawPublisher) fire(ctx context.Context) outcome {
 			case <-s.tok.Done():
 				if s.tok.Error() != nil {
 					o.errors++
-				} else {
+				} else if s.start >= 0 {
 					o.lat = append(o.lat, time.Since(t0)-s.start)
 				}
 			case <-ctx.Done():
 				o.errors++
 			}
-			end = time.Since(t0)
 			<-window
 		}
+		end = time.Since(t0)
 	}()
 publish:
-	for _, payload := range p.payloads {
+	for i := range total {
 		select {
 		case window <- struct{}{}:
 		case <-ctx.Done():
 			break publish
 		}
-		start := time.Since(t0)
-		pending <- sent{p.c.Publish(topic, p.qos, false, payload), start}
+		start := time.Duration(-1)
+		if i%every == 0 {
+			start = time.Since(t0)
+		}
+		pending <- sent{p.c.Publish(topic, p.qos, false, p.payloads.at(i)), start}
 		o.messages++
 	}
 	close(pending)
 	<-collected
-	o.errors += int64(len(p.payloads)) - o.messages
+	o.errors += int64(total) - o.messages
 	o.wall = end
 	return o
 }
