@@ -15,6 +15,12 @@
 // track -heap-devices connected devices. Its last output line is one JSON
 // object with the figures. It exits with status 1 when a data point was lost.
 //
+// Everything shares the machine, so the program keeps its own work out of
+// the runs it times: the raw runs' payloads and the payloads the subscriber
+// receives live outside the Go heap (test data on the heap would change how
+// often the GC runs), the subscriber checks them after the timed part, and
+// latency is read for one call in eight once there are 100 000 or more.
+//
 //	go run ./examples/bench                          # embedded mochi broker
 //	go run ./examples/bench -broker tcp://127.0.0.1:1883 -entries 4000
 //
@@ -30,6 +36,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -97,6 +104,7 @@ type config struct {
 	Duration    time.Duration // cap per run
 	Quiet       time.Duration // how long the subscriber may stay silent before points count as lost
 	HeapDevices int
+	BallastMB   int
 	JSONOnly    bool
 	CPUProfile  string
 	MemProfile  string
@@ -128,6 +136,7 @@ func parseFlags(args []string, errOut io.Writer) (config, error) {
 	fs.IntVar(&c.Repeat, "repeat", c.Repeat, "repeat the runs, interleaved, and report the best of each")
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "cap on each run")
 	fs.IntVar(&c.HeapDevices, "heap-devices", c.HeapDevices, "devices to connect for the heap measurement (0 skips it)")
+	fs.IntVar(&c.BallastMB, "ballast", 0, "MiB of idle heap held through every run, standing in for an application's live data: the GC runs less often")
 	fs.BoolVar(&c.JSONOnly, "json-only", false, "print only the JSON line")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of each run's timed part to FILE, suffixed with the run name")
 	fs.StringVar(&c.MemProfile, "memprofile", "", "write a heap profile to FILE after the device heap measurement")
@@ -159,6 +168,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("batch and repeat must be positive")
 	case c.Linger < 0 || c.Duration <= 0:
 		return fmt.Errorf("linger and duration must not be negative")
+	case c.BallastMB < 0 || c.BallastMB > 1<<16:
+		return fmt.Errorf("ballast %d MiB out of 0..65536", c.BallastMB)
 	}
 	for _, r := range c.Runs {
 		if !slices.Contains(knownRuns, r) {
@@ -218,8 +229,13 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		cfg.Broker, brokerName = b.url, "embedded"
 	}
 	ds := newDataset(cfg.Devices, cfg.Entries, cfg.Keys)
-	say("tbgateway bench: %d devices × %d entries × %d keys = %d points, QoS %d, linger %v, in-flight %d, broker %s (%s), GOMAXPROCS %d",
-		cfg.Devices, cfg.Entries, cfg.Keys, ds.points(), cfg.QoS, cfg.Linger, cfg.Inflight, brokerName, cfg.Broker, runtime.GOMAXPROCS(0))
+	// The ballast is never touched: it takes no memory beyond its address
+	// space, nothing to scan, and only raises the heap goal of every run
+	// alike. It is left out of the heap figures.
+	ballast = make([]byte, cfg.BallastMB<<20)
+	defer func() { runtime.KeepAlive(ballast); ballast = nil }()
+	say("tbgateway bench: %d devices × %d entries × %d keys = %d points, QoS %d, linger %v, in-flight %d, broker %s (%s), GOMAXPROCS %d, ballast %d MiB",
+		cfg.Devices, cfg.Entries, cfg.Keys, ds.points(), cfg.QoS, cfg.Linger, cfg.Inflight, brokerName, cfg.Broker, runtime.GOMAXPROCS(0), cfg.BallastMB)
 
 	// With -repeat, runs are interleaved and each figure is the best of its
 	// repetitions: on a shared machine noise only ever slows a run down.
@@ -227,7 +243,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	s := summary{
 		Devices: cfg.Devices, Entries: cfg.Entries, Keys: cfg.Keys, QoS: cfg.QoS,
 		LingerMS: ms(cfg.Linger), Inflight: cfg.Inflight, Broker: brokerName, Cores: runtime.GOMAXPROCS(0),
-		Repeat: cfg.Repeat,
+		Repeat: cfg.Repeat, BallastMB: cfg.BallastMB,
 	}
 	results := map[string]*result{}
 	for rep := range cfg.Repeat {
@@ -326,6 +342,7 @@ type summary struct {
 	RatioBatchedVsPacked  *float64     `json:"ratio_batched_vs_raw_packed"`
 	HeapMB100kDevices     *float64     `json:"heap_mb_100k_devices"`
 	HeapDevices           int          `json:"heap_devices"`
+	BallastMB             int          `json:"ballast_mb"`
 	Devices               int          `json:"devices"`
 	Entries               int          `json:"entries"`
 	Keys                  int          `json:"keys"`
@@ -374,32 +391,35 @@ type dataset struct {
 // runs.
 type payloadSet struct {
 	arena []byte
-	ends  []int
+	ends  []byte // little-endian uint64 end offsets into arena, also off the heap
+	n     int
 }
 
 func newPayloadSet(ps [][]byte) *payloadSet {
-	n := 0
+	size := 0
 	for _, p := range ps {
-		n += len(p)
+		size += len(p)
 	}
-	s := &payloadSet{ends: make([]int, 0, len(ps))}
-	s.arena, _ = offHeap(max(n, 1))
+	s := &payloadSet{n: len(ps)}
+	s.arena, _ = offHeap(max(size, 1))
+	s.ends, _ = offHeap(max(8*len(ps), 1))
 	for _, p := range ps {
 		s.arena = append(s.arena, p...)
-		s.ends = append(s.ends, len(s.arena))
+		s.ends = binary.LittleEndian.AppendUint64(s.ends, uint64(len(s.arena)))
 	}
 	return s
 }
 
-func (s *payloadSet) len() int { return len(s.ends) }
+func (s *payloadSet) len() int { return s.n }
 
 // at returns payload i.
 func (s *payloadSet) at(i int) []byte {
-	start := 0
+	start := uint64(0)
 	if i > 0 {
-		start = s.ends[i-1]
+		start = binary.LittleEndian.Uint64(s.ends[8*(i-1):])
 	}
-	return s.arena[start:s.ends[i]:s.ends[i]]
+	end := binary.LittleEndian.Uint64(s.ends[8*i:])
+	return s.arena[start:end:end]
 }
 
 func (ds *dataset) naiveSet() *payloadSet {
@@ -674,7 +694,7 @@ func measure(ctx context.Context, cfg config, ds *dataset, name string) (*result
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	heap := startHeapSampler(v.retained)
+	heap := startHeapSampler(func() uint64 { return v.retained() + uint64(len(ballast)) })
 	rctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	o := p.fire(rctx)
 	ackedAt := time.Now()
@@ -725,15 +745,27 @@ func newSDKPublisher(ctx context.Context, cfg config, ds *dataset, batch int, mo
 	return &sdkPublisher{g: g, ds: ds, batch: batch}, nil
 }
 
-// latencyEvery: the latency of one SDK call in latencyEvery is measured,
-// plenty for percentiles over 10⁵ calls and more, so that reading the
-// clock (about 50 ns a read on this machine, twice per call) stays out of
-// the other calls.
-const latencyEvery = 8
+// latencyEvery: in runs of sampleFrom calls or messages or more, the
+// latency of one in latencyEvery is measured, plenty for percentiles, so
+// that reading the clock (about 50 ns a read on this machine, twice per
+// call) stays out of the other calls.
+const (
+	latencyEvery = 8
+	sampleFrom   = 100_000
+)
+
+// sampling returns how many calls of n share one latency measurement.
+func sampling(n int) int {
+	if n >= sampleFrom {
+		return latencyEvery
+	}
+	return 1
+}
 
 // sdkCalls tracks the outcome of every call.
 type sdkCalls struct {
 	t0      time.Time
+	every   int             // latency of one call in every
 	lat     []time.Duration // per sampled call, -1 until done or when failed
 	pending atomic.Int64
 	errors  atomic.Int64
@@ -745,9 +777,9 @@ func (c *sdkCalls) finish(idx int, start time.Duration, err error) {
 	now := time.Duration(-1)
 	if err != nil {
 		c.errors.Add(1)
-	} else if idx%latencyEvery == 0 {
+	} else if idx%c.every == 0 {
 		now = time.Since(c.t0)
-		c.lat[idx/latencyEvery] = now - start
+		c.lat[idx/c.every] = now - start
 	}
 	if c.pending.Add(-1) == 0 {
 		if now < 0 {
@@ -762,7 +794,8 @@ func (p *sdkPublisher) fire(ctx context.Context) outcome {
 	devices, entries := len(p.ds.devices), p.ds.entries
 	perDevice := (entries + p.batch - 1) / p.batch
 	calls := devices * perDevice
-	c := &sdkCalls{lat: make([]time.Duration, (calls+latencyEvery-1)/latencyEvery), done: make(chan struct{})}
+	every := sampling(calls)
+	c := &sdkCalls{every: every, lat: make([]time.Duration, (calls+every-1)/every), done: make(chan struct{})}
 	for i := range c.lat {
 		c.lat[i] = -1
 	}
@@ -789,7 +822,7 @@ func (p *sdkPublisher) fire(ctx context.Context) outcome {
 				}
 				idx := d*perDevice + call
 				var t time.Duration
-				if idx%latencyEvery == 0 {
+				if idx%every == 0 {
 					t = time.Since(c.t0)
 				}
 				err := dev.PublishTelemetryAsync(ctx, func(err error) { c.finish(idx, t, err) }, batch[:n]...)
@@ -854,10 +887,7 @@ func (p *rawPublisher) fire(ctx context.Context) outcome {
 	window := make(chan struct{}, p.inflight)
 	pending := make(chan sent, p.inflight)
 	total := p.payloads.len()
-	every := 1 // latency sampling, as for SDK calls when there are as many
-	if total >= 100_000 {
-		every = latencyEvery
-	}
+	every := sampling(total)
 	o := outcome{lat: make([]time.Duration, 0, total/every+1)}
 	var end time.Duration
 	collected := make(chan struct{})
@@ -923,6 +953,9 @@ type verifier struct {
 	st        verifyStats
 	changedAt time.Time
 }
+
+// ballast is the -ballast heap.
+var ballast []byte
 
 // heldMax bounds the payloads a verifier holds.
 const heldMax = 256 << 20
