@@ -773,11 +773,13 @@ type sdkCalls struct {
 	done    chan struct{}
 }
 
+// finish records a call's outcome: idx is the call's index when its latency
+// is sampled (it started at start), -1 otherwise.
 func (c *sdkCalls) finish(idx int, start time.Duration, err error) {
 	now := time.Duration(-1)
 	if err != nil {
 		c.errors.Add(1)
-	} else if idx%c.every == 0 {
+	} else if idx >= 0 {
 		now = time.Since(c.t0)
 		c.lat[idx/c.every] = now - start
 	}
@@ -802,6 +804,7 @@ func (p *sdkPublisher) fire(ctx context.Context) outcome {
 	c.pending.Store(int64(calls))
 	before := p.g.Stats().Published
 	start := make(chan struct{})
+	unsampled := func(err error) { c.finish(-1, 0, err) }
 	var wg sync.WaitGroup
 	for d := range devices {
 		wg.Add(1)
@@ -821,13 +824,16 @@ func (p *sdkPublisher) fire(ctx context.Context) outcome {
 					p.ds.fill(batch[k].Values, d, first+k)
 				}
 				idx := d*perDevice + call
+				// Calls whose latency is not sampled share one callback:
+				// the harness allocates nothing for them.
+				done := unsampled
 				var t time.Duration
 				if idx%every == 0 {
 					t = time.Since(c.t0)
+					done = func(err error) { c.finish(idx, t, err) }
 				}
-				err := dev.PublishTelemetryAsync(ctx, func(err error) { c.finish(idx, t, err) }, batch[:n]...)
-				if err != nil {
-					c.finish(idx, t, err)
+				if err := dev.PublishTelemetryAsync(ctx, done, batch[:n]...); err != nil {
+					done(err)
 				}
 			}
 		}()
