@@ -74,6 +74,24 @@ func TestPackedPayloadsFitAndCover(t *testing.T) {
 	require.Equal(t, ds.points(), points)
 }
 
+func TestPayloadSetKeepsEveryPayload(t *testing.T) {
+	ds := newDataset(3, 20, 2)
+	want := ds.naivePayloads()
+	set := ds.naiveSet()
+	require.Equal(t, len(want), set.len())
+	for i, p := range want {
+		require.Equal(t, p, set.at(i), "payload %d", i)
+		require.Equal(t, len(p), cap(set.at(i)), "payload %d must not reach into the next", i)
+	}
+	require.Same(t, set, ds.naiveSet(), "built once per dataset")
+	require.NotSame(t, ds.packedSet(1), ds.packedSet(0), "rebuilt for another QoS")
+}
+
+func TestLatencySampling(t *testing.T) {
+	require.Equal(t, 1, sampling(sampleFrom-1))
+	require.Equal(t, latencyEvery, sampling(sampleFrom))
+}
+
 func TestVerifierCountsExactly(t *testing.T) {
 	ds := newDataset(2, 3, 2)
 	v := newVerifier(ds)
