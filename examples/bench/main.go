@@ -20,6 +20,8 @@
 // receives live outside the Go heap (test data on the heap would change how
 // often the GC runs), the subscriber checks them after the timed part, and
 // latency is read for one call in eight once there are 100 000 or more.
+// -ballast N holds N MiB of idle heap through every run instead, the way an
+// application's live data would, so that the GC runs less often.
 //
 //	go run ./examples/bench                          # embedded mochi broker
 //	go run ./examples/bench -broker tcp://127.0.0.1:1883 -entries 4000
