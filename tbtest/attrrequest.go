@@ -1,7 +1,6 @@
 package tbtest
 
 import (
-	"encoding/json"
 	"sort"
 	"strconv"
 )
@@ -15,38 +14,20 @@ func (s *Server) onAttrRequest(u *up) {
 		s.shapeLocked(u, "payload is not a JSON object")
 		return
 	}
-	need := func(key string) (json.RawMessage, bool) {
-		v, ok := o.get(key)
-		if !ok {
-			s.shapeLocked(u, "attribute request without "+key)
-		}
-		return v, ok
-	}
-	idRaw, ok := need("id")
-	if !ok {
+	const what = "attribute request"
+	id, bad := required(o, what, "id", "an int", asInt)
+	if bad != "" {
+		s.shapeLocked(u, bad)
 		return
 	}
-	id, err := asInt(idRaw)
-	if err != nil {
-		s.shapeLocked(u, "attribute request id is not an int")
+	name, bad := required(o, what, "device", "a string", asString)
+	if bad != "" {
+		s.shapeLocked(u, bad)
 		return
 	}
-	devRaw, ok := need("device")
-	if !ok {
-		return
-	}
-	name, err := asString(devRaw)
-	if err != nil {
-		s.shapeLocked(u, "attribute request device is not a string")
-		return
-	}
-	clientRaw, ok := need("client")
-	if !ok {
-		return
-	}
-	client, err := asBool(clientRaw)
-	if err != nil {
-		s.shapeLocked(u, "attribute request client is not a boolean (the documented {\"client\":[…],\"shared\":[…]} form is not supported)")
+	client, bad := required(o, what, "client", `a boolean (the documented {"client":[…],"shared":[…]} form is not supported)`, asBool)
+	if bad != "" {
+		s.shapeLocked(u, bad)
 		return
 	}
 	var names []string

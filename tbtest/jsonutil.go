@@ -93,6 +93,25 @@ func (o *object) has(key string) bool { _, ok := o.m[key]; return ok }
 
 func (o *object) get(key string) (json.RawMessage, bool) { v, ok := o.m[key]; return v, ok }
 
+// required reads the member key of o with as. If it is missing or
+// as refuses it, required returns why, as the server words its close reason:
+// "<what> without <key>" or "<what> <key> is not <kind>".
+func required[T any](o *object, what, key, kind string, as func([]byte) (T, error)) (T, string) {
+	var zero T
+	raw, ok := o.get(key)
+	if !ok {
+		return zero, what + " without " + key
+	}
+	v, err := as(raw)
+	if err != nil {
+		return zero, what + " " + key + " is not " + kind
+	}
+	return v, ""
+}
+
+// anyJSON is the as of a member that may hold any JSON.
+func anyJSON(raw []byte) (json.RawMessage, error) { return raw, nil }
+
 // elements parses raw (valid JSON) as an array.
 func elements(raw []byte) ([]json.RawMessage, error) {
 	if jsonKind(raw) != '[' {

@@ -487,29 +487,20 @@ func (s *Server) onRPCReply(u *up) {
 		s.shapeLocked(u, "payload is not a JSON object")
 		return
 	}
-	devRaw, ok := o.get("device")
-	if !ok {
-		s.shapeLocked(u, "RPC reply without device")
+	const what = "RPC reply"
+	name, bad := required(o, what, "device", "a string", asString)
+	if bad != "" {
+		s.shapeLocked(u, bad)
 		return
 	}
-	name, err := asString(devRaw)
-	if err != nil {
-		s.shapeLocked(u, "RPC reply device is not a string")
+	id, bad := required(o, what, "id", "an int", asInt)
+	if bad != "" {
+		s.shapeLocked(u, bad)
 		return
 	}
-	idRaw, ok := o.get("id")
-	if !ok {
-		s.shapeLocked(u, "RPC reply without id")
-		return
-	}
-	id, err := asInt(idRaw)
-	if err != nil {
-		s.shapeLocked(u, "RPC reply id is not an int")
-		return
-	}
-	data, ok := o.get("data")
-	if !ok {
-		s.shapeLocked(u, "RPC reply without data")
+	data, bad := required(o, what, "data", "JSON", anyJSON)
+	if bad != "" {
+		s.shapeLocked(u, bad)
 		return
 	}
 	d := s.sessionLocked(u, name, "default")
