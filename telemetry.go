@@ -272,8 +272,7 @@ type item struct{ start, end, points int }
 // fit even alone is refused with a *PayloadTooLargeError.
 func (e *encoder) split(recs []*outbox.Record, kind outbox.Kind, name string, lim sizeLimit) ([]*outbox.Record, error) {
 	dev := quotedName(name)
-	r := &outbox.Record{Kind: kind, Device: dev, DeviceName: name}
-	fixed := outbox.Overhead(r.TopicOf(), lim.qos) + len(dev) + 5 // {"dev":[...]}
+	fixed := outbox.Overhead(kind.Topic(), lim.qos) + len(dev) + 5 // {"dev":[...]}
 	first, size, points := 0, fixed, 0
 	flush := func(last int) {
 		body := e.keep(e.buf[e.items[first].start:e.items[last].end])
@@ -288,7 +287,7 @@ func (e *encoder) split(recs []*outbox.Record, kind outbox.Kind, name string, li
 	for i, it := range e.items {
 		n := it.end - it.start
 		if fixed+n > lim.max {
-			return nil, &PayloadTooLargeError{Topic: r.TopicOf(), Size: fixed + n, Limit: lim.max}
+			return nil, &PayloadTooLargeError{Topic: kind.Topic(), Size: fixed + n, Limit: lim.max}
 		}
 		if lim.maxPoints > 0 && it.points > lim.maxPoints {
 			return nil, &ValueError{Device: name, Err: fmt.Errorf("%w: an entry of %d data points exceeds the rate limit's burst of %d", ErrRateLimit, it.points, lim.maxPoints)}

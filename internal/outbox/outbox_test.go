@@ -124,7 +124,7 @@ func TestQueuePolicies(t *testing.T) {
 }
 
 func TestWaiter(t *testing.T) {
-	w := NewWaiter(2, nil)
+	w := Bind([]*Record{{}, {}}, nil)
 	w.Ack()
 	select {
 	case <-w.Done():
@@ -135,7 +135,9 @@ func TestWaiter(t *testing.T) {
 	<-w.Done()
 	assert.NoError(t, w.Err())
 
-	w = NewWaiter(2, func(error) {})
+	recs := []*Record{{}, {}}
+	w = Bind(recs, func(error) {})
+	assert.Same(t, w, recs[1].Waiter, "every record of the call shares its waiter")
 	assert.Nil(t, w.Done(), "no channel when nobody waits on it")
 	assert.NotNil(t, w.Callback())
 	assert.False(t, w.Ack())

@@ -78,7 +78,10 @@ func (r *Record) Alone() []*Record {
 }
 
 // Bind makes recs the records of one call and returns its waiter, kept in
-// the first record; callback is as for NewWaiter.
+// the first record. callback, if not nil, is the caller's: Ack and Fail
+// report when the outcome is known, and whoever learns it runs the callback
+// (the gateway does so off the network goroutine, several at a time).
+// Without a callback the waiter has a Done channel to wait on.
 func Bind(recs []*Record, callback func(error)) *Waiter {
 	w := &recs[0].call
 	w.init(len(recs), callback)
@@ -88,15 +91,23 @@ func Bind(recs []*Record, callback func(error)) *Waiter {
 	return w
 }
 
-// TopicOf returns the topic the record is published on.
-func (r *Record) TopicOf() string {
-	switch r.Kind {
+// Topic returns the topic of the mergeable kinds ("" for Raw).
+func (k Kind) Topic() string {
+	switch k {
 	case Telemetry:
 		return TopicTelemetry
 	case Attributes:
 		return TopicAttributes
 	}
-	return r.Topic
+	return ""
+}
+
+// TopicOf returns the topic the record is published on.
+func (r *Record) TopicOf() string {
+	if r.Kind == Raw {
+		return r.Topic
+	}
+	return r.Kind.Topic()
 }
 
 // Cost is the record's share of the queue's byte bound.
@@ -110,16 +121,6 @@ type Waiter struct {
 	done      chan struct{}
 	err       error
 	callback  func(error)
-}
-
-// NewWaiter returns a waiter for n records. callback, if not nil, is the
-// caller's: Ack and Fail report when the outcome is known, and whoever
-// learns it runs the callback (the gateway does so off the network
-// goroutine, several at a time).
-func NewWaiter(n int, callback func(error)) *Waiter {
-	w := new(Waiter)
-	w.init(n, callback)
-	return w
 }
 
 func (w *Waiter) init(n int, callback func(error)) {
