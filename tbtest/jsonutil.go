@@ -17,7 +17,6 @@ import (
 
 var (
 	errNotObject = errors.New("not a JSON object")
-	errNoMember  = errors.New("missing member")
 	errWrongType = errors.New("wrong JSON type")
 )
 
