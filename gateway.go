@@ -1020,12 +1020,15 @@ func (g *Gateway) onAck(m *outbox.Message) {
 	if g.durable != nil {
 		g.durable.Remove(m.Records)
 	}
-	decided := make([]*outbox.Waiter, 0, len(m.Records))
+	var decided []*outbox.Waiter
 	for _, r := range m.Records {
 		// The registry first: a Connect returns as soon as its waiter is
 		// acknowledged, and must find the device registered.
 		g.recordAcked(r)
 		if w := r.Waiter; w != nil && w.Ack() && w.Callback() != nil {
+			if decided == nil {
+				decided = make([]*outbox.Waiter, 0, len(m.Records))
+			}
 			decided = append(decided, w)
 		}
 	}
