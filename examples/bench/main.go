@@ -394,7 +394,6 @@ type dataset struct {
 type payloadSet struct {
 	arena []byte
 	ends  []byte // little-endian uint64 end offsets into arena, also off the heap
-	n     int
 }
 
 func newPayloadSet(ps [][]byte) *payloadSet {
@@ -402,7 +401,7 @@ func newPayloadSet(ps [][]byte) *payloadSet {
 	for _, p := range ps {
 		size += len(p)
 	}
-	s := &payloadSet{n: len(ps)}
+	s := &payloadSet{}
 	s.arena, _ = offHeap(max(size, 1))
 	s.ends, _ = offHeap(max(8*len(ps), 1))
 	for _, p := range ps {
@@ -412,7 +411,7 @@ func newPayloadSet(ps [][]byte) *payloadSet {
 	return s
 }
 
-func (s *payloadSet) len() int { return s.n }
+func (s *payloadSet) len() int { return len(s.ends) / 8 }
 
 // at returns payload i.
 func (s *payloadSet) at(i int) []byte {
