@@ -27,6 +27,23 @@ func benchEntries(entries, keys int) []Entry {
 	return es
 }
 
+// benchPointEntries is benchEntries with the values as Points.
+func benchPointEntries(entries, keys int) []Entry {
+	es := make([]Entry, entries)
+	for i := range es {
+		ps := make([]Point, keys)
+		for k := range ps {
+			if k%2 == 0 {
+				ps[k] = Int64(fmt.Sprintf("key%d", k), int64(i*k))
+			} else {
+				ps[k] = Float64(fmt.Sprintf("key%d", k), float64(i)+0.25)
+			}
+		}
+		es[i] = Entry{TS: 1700000000000 + int64(i), Points: ps}
+	}
+	return es
+}
+
 // TestEncoderAllocatesNothingPerDataPoint holds the promise behind the
 // throughput figures: encoding costs allocations per record at most (its
 // body, when too large for the shared slab; records come in chunks), never
@@ -54,9 +71,16 @@ func TestEncoderAllocatesNothingPerDataPoint(t *testing.T) {
 	if small > 1 {
 		t.Fatalf("%v allocations per record, want at most 1", small)
 	}
-	// A streaming call of one small entry allocates nothing of its own.
+	// A streaming call of one small entry allocates nothing of its own,
+	// nor does one of many Points.
 	if n := allocs(benchEntries(1, 5)); n != 0 {
 		t.Fatalf("%v allocations for one small entry, want 0 (slab and record chunks)", n)
+	}
+	if n := allocs(benchPointEntries(1, 5)); n != 0 {
+		t.Fatalf("%v allocations for one small entry of Points, want 0", n)
+	}
+	if small, large := allocs(benchPointEntries(20, 5)), allocs(benchPointEntries(400, 5)); small != large || small > 1 {
+		t.Fatalf("entries of Points: %v allocations for 100 data points, %v for 2000", small, large)
 	}
 }
 
@@ -183,17 +207,24 @@ func BenchmarkPublishTelemetryAsync(b *testing.B) {
 }
 
 // BenchmarkEncodeCall measures what one streaming call of one 5-key entry
-// costs before it is queued: validation, encoding and its record.
+// costs before it is queued: validation, encoding and its record, with the
+// values in a map or as points.
 func BenchmarkEncodeCall(b *testing.B) {
-	es := benchEntries(1, 5)
-	lim := sizeLimit{max: DefaultMaxPayloadSize, qos: 1}
-	b.ReportAllocs()
-	for b.Loop() {
-		e := getEncoder()
-		recs, err := e.deviceRecords(nil, "Device A", es, lim)
-		e.release()
-		if err != nil || len(recs) != 1 {
-			b.Fatal(err)
-		}
+	for _, form := range []struct {
+		name    string
+		entries []Entry
+	}{{"values", benchEntries(1, 5)}, {"points", benchPointEntries(1, 5)}} {
+		b.Run(form.name, func(b *testing.B) {
+			lim := sizeLimit{max: DefaultMaxPayloadSize, qos: 1}
+			b.ReportAllocs()
+			for b.Loop() {
+				e := getEncoder()
+				recs, err := e.deviceRecords(nil, "Device A", form.entries, lim)
+				e.release()
+				if err != nil || len(recs) != 1 {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

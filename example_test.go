@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/thingsgate/tbgateway"
@@ -60,6 +61,39 @@ func ExampleGateway_PublishTelemetry() {
 	// Output:
 	// <nil> 2 1
 	// true tbgateway: device "Boiler": key "t": invalid value: NaN or infinite number
+}
+
+// Streaming: Points in a slice reused for every entry cost no allocation,
+// and the async call returns once the entry is queued.
+func ExampleDevice_PublishTelemetryAsync() {
+	srv := tbtest.NewServer(nil)
+	defer srv.Close()
+	ctx := context.Background()
+	gw, _ := tbgateway.Dial(ctx, srv.URL(), tbgateway.WithAccessToken(tbtest.DefaultToken))
+	defer gw.Close(ctx)
+
+	meter := gw.Device("Meter 1")
+	var acked sync.WaitGroup
+	points := make([]tbgateway.Point, 2)
+	for i := range 100 {
+		points[0] = tbgateway.Float64("power", 1.5+float64(i)/10)
+		points[1] = tbgateway.Int("pulses", 1000+i)
+		acked.Add(1)
+		err := meter.PublishTelemetryAsync(ctx, func(err error) {
+			if err != nil {
+				fmt.Println("lost:", err)
+			}
+			acked.Done()
+		}, tbgateway.Entry{TS: 1700000000000 + int64(i)*1000, Points: points})
+		if err != nil {
+			fmt.Println(err)
+			acked.Done()
+		}
+	}
+	acked.Wait()
+	p, _ := srv.Latest("Meter 1", "power")
+	fmt.Println(srv.TelemetryCount("Meter 1"), p.Value)
+	// Output: 200 11.4
 }
 
 func ExampleDevice_RequestAttributes() {

@@ -38,7 +38,8 @@ func TestStreamUnderServerLimits(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			// Half the data as one big call per device, which must be
-			// split; the rest entry by entry, which is coalesced.
+			// split; the rest entry by entry, which is coalesced, in
+			// Points, whose data points count the same.
 			big := make([]tb.Entry, entries/2)
 			for i := range big {
 				big[i] = entry(i, keys)
@@ -46,7 +47,7 @@ func TestStreamUnderServerLimits(t *testing.T) {
 			errs <- dev.PublishTelemetry(ctx, big...)
 			for i := entries / 2; i < entries; i++ {
 				acks.Add(1)
-				errs <- dev.PublishTelemetryAsync(ctx, func(err error) { errs <- err; acks.Done() }, entry(i, keys))
+				errs <- dev.PublishTelemetryAsync(ctx, func(err error) { errs <- err; acks.Done() }, pointEntry(i, keys))
 			}
 		}()
 	}
@@ -90,6 +91,19 @@ func entry(i, keys int) tb.Entry {
 	return tb.Entry{TS: int64(1000 + i), Values: v}
 }
 
+// pointEntry is entry with its values as Points.
+func pointEntry(i, keys int) tb.Entry {
+	ps := make([]tb.Point, keys)
+	for k := range ps {
+		if k%2 == 0 {
+			ps[k] = tb.Int(fmt.Sprintf("k%d", k), i*keys+k)
+		} else {
+			ps[k] = tb.Float64(fmt.Sprintf("k%d", k), float64(i)+0.5)
+		}
+	}
+	return tb.Entry{TS: int64(1000 + i), Points: ps}
+}
+
 // TestRateLimitsByOption paces by configured limits when the server's are
 // not asked for (as with a server that does not answer getSessionLimits),
 // and refuses an entry that no window could ever admit.
@@ -105,6 +119,7 @@ func TestRateLimitsByOption(t *testing.T) {
 	assert.GreaterOrEqual(t, time.Since(start), 500*time.Millisecond, "paced")
 	err := dev.PublishTelemetry(ctx, entry(99, 60))
 	assert.ErrorIs(t, err, tb.ErrRateLimit)
+	assert.ErrorIs(t, dev.PublishTelemetry(ctx, pointEntry(99, 60)), tb.ErrRateLimit)
 	assert.Empty(t, srv.Rejections())
 	assert.Equal(t, 90, srv.TelemetryCount("A"))
 }

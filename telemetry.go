@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"sync"
@@ -32,8 +33,13 @@ type Entry struct {
 	// Zero sends the values as a flat object, which ThingsBoard stores at
 	// its own receive time.
 	TS int64
-	// Values must hold at least one key.
+	// Values and Points together must hold at least one key, and no key
+	// twice. Values are sent in key order, then Points in their order.
 	Values Values
+	// Points are values given as typed points, the form for streaming: an
+	// entry of points that reuses its slice costs no allocation, where a
+	// map boxes each number it holds.
+	Points []Point
 	// Metadata, if set, feeds ThingsBoard's gateway latency metrics.
 	Metadata *Metadata
 }
@@ -42,6 +48,59 @@ type Entry struct {
 func At(t time.Time, values Values) Entry {
 	return Entry{TS: t.UnixMilli(), Values: values}
 }
+
+// Point is one named value of an Entry, made by Int, Int64, Uint64,
+// Float64, Bool, String or Any. The zero Point has no value and is refused.
+type Point struct {
+	Key  string
+	kind pointKind
+	num  uint64 // the bits of an Int64, Uint64, Float64 or Bool
+	str  string
+	obj  any
+}
+
+type pointKind uint8
+
+const (
+	pointNone pointKind = iota
+	pointInt
+	pointUint
+	pointFloat
+	pointBool
+	pointString
+	pointAny
+)
+
+// Int returns a Point of an integer value.
+func Int(key string, v int) Point { return Int64(key, int64(v)) }
+
+// Int64 returns a Point of an integer value.
+func Int64(key string, v int64) Point { return Point{Key: key, kind: pointInt, num: uint64(v)} }
+
+// Uint64 returns a Point of an unsigned integer value.
+func Uint64(key string, v uint64) Point { return Point{Key: key, kind: pointUint, num: v} }
+
+// Float64 returns a Point of a float value, sent with a decimal point or an
+// exponent even when integral, like a float64 in Values. NaN and ±Inf are
+// refused when the entry is published.
+func Float64(key string, v float64) Point {
+	return Point{Key: key, kind: pointFloat, num: math.Float64bits(v)}
+}
+
+// Bool returns a Point of a boolean value.
+func Bool(key string, v bool) Point {
+	var n uint64
+	if v {
+		n = 1
+	}
+	return Point{Key: key, kind: pointBool, num: n}
+}
+
+// String returns a Point of a string value.
+func String(key, v string) Point { return Point{Key: key, kind: pointString, str: v} }
+
+// Any returns a Point of any value Values accepts, encoded the same way.
+func Any(key string, v any) Point { return Point{Key: key, kind: pointAny, obj: v} }
 
 // Metadata describes where an entry came from; ThingsBoard aggregates it
 // into the gateway's gatewayMetrics telemetry (latency per connector).
@@ -78,7 +137,8 @@ func (g *Gateway) PublishTelemetry(ctx context.Context, t Telemetry) error {
 
 // PublishTelemetryAsync queues t like PublishTelemetry but returns as soon
 // as the data is accepted into the outbound queue (and, with
-// WithDurableQueue, written to disk). done, if not nil, is called once
+// WithDurableQueue, written to disk). The data is encoded before it
+// returns, so t and its entries may be reused at once. done, if not nil, is called once
 // with the outcome: nil when the server acknowledged all of it. ctx bounds
 // only the wait for room in a full queue (WithQueue).
 func (g *Gateway) PublishTelemetryAsync(ctx context.Context, t Telemetry, done func(error)) error {
@@ -126,7 +186,7 @@ func (s *GatewayDevice) PublishTelemetry(ctx context.Context, entries ...Entry) 
 	}
 	points := 0
 	for i := range entries {
-		points += len(entries[i].Values)
+		points += entries[i].points()
 	}
 	return s.g.publish(ctx, &outbox.Record{Topic: topicSelfTelemetry, Body: e.payload(), Points: points})
 }
@@ -147,6 +207,10 @@ type encoder struct {
 	// The key order of the last values encoded, and the keys quoted.
 	order      []string
 	quotedKeys []string
+	// The keys of the last points encoded, checked, and the keys quoted.
+	pointKeys   []string
+	pointQuoted []string
+	pointSet    map[string]struct{}
 	// slab is where record bodies are carved from (keep), and records the
 	// records (record).
 	slab    []byte
@@ -259,7 +323,7 @@ func (e *encoder) deviceRecords(recs []*outbox.Record, name string, entries []En
 		if err := e.entry(name, &entries[i]); err != nil {
 			return nil, err
 		}
-		e.items = append(e.items, item{start, len(e.buf), len(entries[i].Values)})
+		e.items = append(e.items, item{start, len(e.buf), entries[i].points()})
 	}
 	return e.split(recs, outbox.Telemetry, name, lim)
 }
@@ -361,12 +425,12 @@ func (e *encoder) entry(device string, en *Entry) error {
 		// would be stored as one JSON key named "values" (with "ts" beside
 		// it, it would be read as the timestamped form).
 		for _, k := range [...]string{"metadata", "values"} {
-			if _, ok := en.Values[k]; ok {
+			if en.has(k) {
 				return &ValueError{Device: device, Key: k, Err: fmt.Errorf("%w: %q is reserved in an entry without timestamp", ErrInvalidKey, k)}
 			}
 		}
 		n := len(e.buf)
-		if err := e.values(device, en.Values); err != nil {
+		if err := e.object(device, en); err != nil {
 			return err
 		}
 		if en.Metadata != nil {
@@ -383,7 +447,7 @@ func (e *encoder) entry(device string, en *Entry) error {
 	e.buf = append(e.buf, `{"ts":`...)
 	e.buf = strconv.AppendInt(e.buf, en.TS, 10)
 	e.buf = append(e.buf, `,"values":`...)
-	if err := e.values(device, en.Values); err != nil {
+	if err := e.object(device, en); err != nil {
 		return err
 	}
 	if en.Metadata != nil {
@@ -425,6 +489,129 @@ func (e *encoder) values(device string, v Values) error {
 		return err
 	}
 	e.buf = append(e.buf, '}')
+	return nil
+}
+
+// points is the number of data points of the entry.
+func (en *Entry) points() int { return len(en.Values) + len(en.Points) }
+
+// has reports whether the entry holds key.
+func (en *Entry) has(key string) bool {
+	if _, ok := en.Values[key]; ok {
+		return true
+	}
+	for i := range en.Points {
+		if en.Points[i].Key == key {
+			return true
+		}
+	}
+	return false
+}
+
+// object writes the values of an entry: its Values, then its Points.
+func (e *encoder) object(device string, en *Entry) error {
+	if len(en.Points) == 0 {
+		return e.values(device, en.Values)
+	}
+	e.buf = append(e.buf, '{')
+	if len(en.Values) > 0 {
+		if err := e.members(device, en.Values, false); err != nil {
+			return err
+		}
+		e.buf = append(e.buf, ',')
+	}
+	if err := e.checkPointKeys(device, en); err != nil {
+		return err
+	}
+	for i := range en.Points {
+		p := &en.Points[i]
+		if i > 0 {
+			e.buf = append(e.buf, ',')
+		}
+		e.buf = append(e.buf, e.pointQuoted[i]...)
+		var err error
+		switch p.kind {
+		case pointInt:
+			e.buf = strconv.AppendInt(e.buf, int64(p.num), 10)
+		case pointUint:
+			e.buf = strconv.AppendUint(e.buf, p.num, 10)
+		case pointFloat:
+			e.buf, err = jsonx.AppendFloat(e.buf, math.Float64frombits(p.num), 64)
+		case pointBool:
+			e.buf = strconv.AppendBool(e.buf, p.num != 0)
+		case pointString:
+			e.buf = jsonx.AppendString(e.buf, p.str)
+		case pointAny:
+			e.buf, err = jsonx.AppendValue(e.buf, p.obj, &e.s)
+		default:
+			err = errNoPointValue
+		}
+		if err != nil {
+			return valueError(device, p.Key, err)
+		}
+	}
+	e.buf = append(e.buf, '}')
+	return nil
+}
+
+// seen reports whether k is among e.pointKeys, of an entry of n points: a
+// scan for the few points of an entry, a set for many.
+func (e *encoder) seen(k string, n int) bool {
+	if n <= 16 {
+		return slices.Contains(e.pointKeys, k)
+	}
+	if e.pointSet == nil {
+		e.pointSet = make(map[string]struct{}, n)
+	}
+	if _, ok := e.pointSet[k]; ok {
+		return true
+	}
+	e.pointSet[k] = struct{}{}
+	return false
+}
+
+var errNoPointValue = errors.New("point without value (use Int64, Float64... to make one)")
+
+// checkPointKeys checks the keys of the entry's points and leaves them
+// quoted in e.pointQuoted. A stream repeats its keys call after call, so keys equal to
+// the last ones checked are known good and already quoted.
+func (e *encoder) checkPointKeys(device string, en *Entry) error {
+	ps := en.Points
+	if len(en.Values) == 0 && len(ps) == len(e.pointKeys) {
+		same := true
+		for i := range ps {
+			if ps[i].Key != e.pointKeys[i] {
+				same = false
+				break
+			}
+		}
+		if same {
+			return nil
+		}
+	}
+	e.pointKeys, e.pointQuoted = e.pointKeys[:0], e.pointQuoted[:0]
+	err := e.quotePointKeys(device, en)
+	clear(e.pointSet)
+	if err != nil || len(en.Values) > 0 {
+		// Not for the next call: they failed, or were checked against these
+		// Values only.
+		e.pointKeys = e.pointKeys[:0]
+	}
+	return err
+}
+
+func (e *encoder) quotePointKeys(device string, en *Entry) error {
+	for i := range en.Points {
+		k := en.Points[i].Key
+		if k == "" {
+			return &ValueError{Device: device, Err: fmt.Errorf("%w: empty key", ErrInvalidKey)}
+		}
+		if _, dup := en.Values[k]; dup || e.seen(k, len(en.Points)) {
+			return &ValueError{Device: device, Key: k, Err: fmt.Errorf("%w: key given twice", ErrInvalidKey)}
+		}
+		e.pointKeys = append(e.pointKeys, k)
+		e.pointQuoted = append(e.pointQuoted, string(append(jsonx.AppendString(nil, k), ':')))
+	}
 	return nil
 }
 

@@ -139,6 +139,12 @@ func TestWireUplinks(t *testing.T) {
 		"key5": map[string]any{"someNumber": 42, "someArray": []any{1, 2, 3}, "someNestedObject": map[string]any{"key": "value"}}}
 	require.NoError(t, devA.PublishTelemetry(ctx, tb.Entry{TS: 10000, Values: all}, tb.Entry{TS: 20000, Values: all}))
 	check("telemetry-all-value-types")
+	// The same messages from Points: the same bytes on the wire.
+	require.NoError(t, devA.PublishTelemetry(ctx, tb.Entry{TS: 1700000000000, Points: []tb.Point{tb.Float64("temperature", 23.5), tb.Int("humidity", 61)}}))
+	check("telemetry-doc-example")
+	points := []tb.Point{tb.String("key1", "value1"), tb.Bool("key2", true), tb.Float64("key3", 3), tb.Int64("key4", 4), tb.Any("key5", all["key5"])}
+	require.NoError(t, devA.PublishTelemetry(ctx, tb.Entry{TS: 10000, Points: points}, tb.Entry{TS: 20000, Points: points}))
+	check("telemetry-all-value-types")
 	require.NoError(t, devA.PublishTelemetry(ctx, tb.Entry{TS: 1700000000000, Values: tb.Values{"temperature": 21},
 		Metadata: &tb.Metadata{Connector: "modbus", ReceivedAt: time.UnixMilli(1700000000000), PublishedAt: time.UnixMilli(1700000000005)}}))
 	check("telemetry-with-metadata")

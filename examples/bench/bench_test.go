@@ -63,6 +63,36 @@ func TestBenchSmall(t *testing.T) {
 	require.Equal(t, runs[runNaive]["bytes"], runs[runUnbatched]["bytes"])
 }
 
+// TestBenchValuesForm: with -values the SDK runs fill Values maps, and send
+// the same bytes as with Points.
+func TestBenchValuesForm(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.Devices, cfg.Entries, cfg.Keys = 3, 40, 4
+	cfg.Runs = []string{runUnbatched, runNaive}
+	cfg.HeapDevices = 0
+	cfg.Values = true
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	require.NoError(t, run(ctx, cfg, &out), out.String())
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var s struct {
+		Form string `json:"sdk_form"`
+		Lost int64  `json:"lost"`
+		Runs []struct {
+			Name   string `json:"name"`
+			Points int64  `json:"points"`
+			Bytes  int64  `json:"bytes"`
+		} `json:"runs"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &s))
+	require.Equal(t, "values", s.Form)
+	require.Zero(t, s.Lost)
+	require.Len(t, s.Runs, 2)
+	require.EqualValues(t, 480, s.Runs[0].Points)
+	require.Equal(t, s.Runs[1].Bytes, s.Runs[0].Bytes, "values and naive send the same bytes")
+}
+
 func TestPackedPayloadsFitAndCover(t *testing.T) {
 	ds := newDataset(7, 400, 12)
 	var points int64

@@ -107,6 +107,7 @@ type config struct {
 	Quiet       time.Duration // how long the subscriber may stay silent before points count as lost
 	HeapDevices int
 	BallastMB   int
+	Values      bool
 	JSONOnly    bool
 	CPUProfile  string
 	MemProfile  string
@@ -139,6 +140,7 @@ func parseFlags(args []string, errOut io.Writer) (config, error) {
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "cap on each run")
 	fs.IntVar(&c.HeapDevices, "heap-devices", c.HeapDevices, "devices to connect for the heap measurement (0 skips it)")
 	fs.IntVar(&c.BallastMB, "ballast", 0, "MiB of idle heap held through every run, standing in for an application's live data: the GC runs less often")
+	fs.BoolVar(&c.Values, "values", false, "SDK runs fill Values maps instead of Points")
 	fs.BoolVar(&c.JSONOnly, "json-only", false, "print only the JSON line")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of each run's timed part to FILE, suffixed with the run name")
 	fs.StringVar(&c.MemProfile, "memprofile", "", "write a heap profile to FILE after the device heap measurement")
@@ -156,6 +158,14 @@ func parseFlags(args []string, errOut io.Writer) (config, error) {
 		}
 	}
 	return c, c.validate()
+}
+
+// form names how SDK runs give their values.
+func (c *config) form() string {
+	if c.Values {
+		return "values"
+	}
+	return "points"
 }
 
 func (c *config) validate() error {
@@ -236,8 +246,8 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	// alike. It is left out of the heap figures.
 	ballast = make([]byte, cfg.BallastMB<<20)
 	defer func() { runtime.KeepAlive(ballast); ballast = nil }()
-	say("tbgateway bench: %d devices × %d entries × %d keys = %d points, QoS %d, linger %v, in-flight %d, broker %s (%s), GOMAXPROCS %d, ballast %d MiB",
-		cfg.Devices, cfg.Entries, cfg.Keys, ds.points(), cfg.QoS, cfg.Linger, cfg.Inflight, brokerName, cfg.Broker, runtime.GOMAXPROCS(0), cfg.BallastMB)
+	say("tbgateway bench: %d devices × %d entries × %d keys = %d points, QoS %d, linger %v, in-flight %d, broker %s (%s), GOMAXPROCS %d, ballast %d MiB, SDK entries of %s",
+		cfg.Devices, cfg.Entries, cfg.Keys, ds.points(), cfg.QoS, cfg.Linger, cfg.Inflight, brokerName, cfg.Broker, runtime.GOMAXPROCS(0), cfg.BallastMB, cfg.form())
 
 	// With -repeat, runs are interleaved and each figure is the best of its
 	// repetitions: on a shared machine noise only ever slows a run down.
@@ -245,7 +255,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	s := summary{
 		Devices: cfg.Devices, Entries: cfg.Entries, Keys: cfg.Keys, QoS: cfg.QoS,
 		LingerMS: ms(cfg.Linger), Inflight: cfg.Inflight, Broker: brokerName, Cores: runtime.GOMAXPROCS(0),
-		Repeat: cfg.Repeat, BallastMB: cfg.BallastMB,
+		Repeat: cfg.Repeat, BallastMB: cfg.BallastMB, Form: cfg.form(),
 	}
 	results := map[string]*result{}
 	for rep := range cfg.Repeat {
@@ -345,6 +355,7 @@ type summary struct {
 	HeapMB100kDevices     *float64     `json:"heap_mb_100k_devices"`
 	HeapDevices           int          `json:"heap_devices"`
 	BallastMB             int          `json:"ballast_mb"`
+	Form                  string       `json:"sdk_form"`
 	Devices               int          `json:"devices"`
 	Entries               int          `json:"entries"`
 	Keys                  int          `json:"keys"`
@@ -468,6 +479,17 @@ func (ds *dataset) fill(v tbgateway.Values, d, i int) {
 			v[k] = floatValue(d, i, j)
 		} else {
 			v[k] = intValue(d, i, j)
+		}
+	}
+}
+
+// fillPoints is fill for an entry of Points.
+func (ds *dataset) fillPoints(ps []tbgateway.Point, d, i int) {
+	for j, k := range ds.keys {
+		if j%2 == 0 {
+			ps[j] = tbgateway.Float64(k, floatValue(d, i, j))
+		} else {
+			ps[j] = tbgateway.Int64(k, intValue(d, i, j))
 		}
 	}
 }
@@ -726,12 +748,13 @@ func percentile(lat []time.Duration, p float64) time.Duration {
 
 // sdkPublisher streams through the public API: one goroutine per device,
 // each calling its Device's PublishTelemetryAsync for batch entries at a
-// time with a Values map it refills for every call, as an application
-// would.
+// time, with entries it refills for every call as an application would:
+// their Points, or with -values their Values maps.
 type sdkPublisher struct {
-	g     *tbgateway.Gateway
-	ds    *dataset
-	batch int
+	g      *tbgateway.Gateway
+	ds     *dataset
+	batch  int
+	values bool
 }
 
 func newSDKPublisher(ctx context.Context, cfg config, ds *dataset, batch int, mode tbgateway.Option) (*sdkPublisher, error) {
@@ -743,7 +766,7 @@ func newSDKPublisher(ctx context.Context, cfg config, ds *dataset, batch int, mo
 	if err != nil {
 		return nil, err
 	}
-	return &sdkPublisher{g: g, ds: ds, batch: batch}, nil
+	return &sdkPublisher{g: g, ds: ds, batch: batch, values: cfg.Values}, nil
 }
 
 // latencyEvery: in runs of sampleFrom calls or messages or more, the
@@ -814,7 +837,11 @@ func (p *sdkPublisher) fire(ctx context.Context) outcome {
 			dev := p.g.Device(p.ds.devices[d])
 			batch := make([]tbgateway.Entry, p.batch)
 			for k := range batch {
-				batch[k].Values = make(tbgateway.Values, len(p.ds.keys))
+				if p.values {
+					batch[k].Values = make(tbgateway.Values, len(p.ds.keys))
+				} else {
+					batch[k].Points = make([]tbgateway.Point, len(p.ds.keys))
+				}
 			}
 			<-start
 			for call := range perDevice {
@@ -822,7 +849,11 @@ func (p *sdkPublisher) fire(ctx context.Context) outcome {
 				n := min(p.batch, entries-first)
 				for k := range n {
 					batch[k].TS = baseTS + int64(first+k)
-					p.ds.fill(batch[k].Values, d, first+k)
+					if p.values {
+						p.ds.fill(batch[k].Values, d, first+k)
+					} else {
+						p.ds.fillPoints(batch[k].Points, d, first+k)
+					}
 				}
 				idx := d*perDevice + call
 				// Calls whose latency is not sampled share one callback:
