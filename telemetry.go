@@ -444,9 +444,9 @@ func (e *encoder) entry(device string, en *Entry) error {
 		}
 		return nil
 	}
-	e.buf = append(e.buf, `{"ts":`...)
-	e.buf = strconv.AppendInt(e.buf, en.TS, 10)
-	e.buf = append(e.buf, `,"values":`...)
+	b := append(e.buf, `{"ts":`...)
+	b = strconv.AppendInt(b, en.TS, 10)
+	e.buf = append(b, `,"values":`...)
 	if err := e.object(device, en); err != nil {
 		return err
 	}
@@ -523,35 +523,48 @@ func (e *encoder) object(device string, en *Entry) error {
 	if err := e.checkPointKeys(device, en); err != nil {
 		return err
 	}
-	for i := range en.Points {
-		p := &en.Points[i]
+	var bad int
+	var err error
+	// One store to e.buf, not one per append: while the GC runs, every
+	// pointer stored into the heap encoder costs a write barrier.
+	e.buf, bad, err = appendPoints(e.buf, en.Points, e.pointQuoted, &e.s)
+	if err != nil {
+		return valueError(device, en.Points[bad].Key, err)
+	}
+	return nil
+}
+
+// appendPoints appends the members of ps and the closing brace, keys
+// already quoted; on error it returns the index of the point at fault.
+func appendPoints(b []byte, ps []Point, quoted []string, s *jsonx.Scratch) ([]byte, int, error) {
+	for i := range ps {
+		p := &ps[i]
 		if i > 0 {
-			e.buf = append(e.buf, ',')
+			b = append(b, ',')
 		}
-		e.buf = append(e.buf, e.pointQuoted[i]...)
+		b = append(b, quoted[i]...)
 		var err error
 		switch p.kind {
 		case pointInt:
-			e.buf = strconv.AppendInt(e.buf, int64(p.num), 10)
+			b = strconv.AppendInt(b, int64(p.num), 10)
 		case pointUint:
-			e.buf = strconv.AppendUint(e.buf, p.num, 10)
+			b = strconv.AppendUint(b, p.num, 10)
 		case pointFloat:
-			e.buf, err = jsonx.AppendFloat(e.buf, math.Float64frombits(p.num), 64)
+			b, err = jsonx.AppendFloat(b, math.Float64frombits(p.num), 64)
 		case pointBool:
-			e.buf = strconv.AppendBool(e.buf, p.num != 0)
+			b = strconv.AppendBool(b, p.num != 0)
 		case pointString:
-			e.buf = jsonx.AppendString(e.buf, p.str)
+			b = jsonx.AppendString(b, p.str)
 		case pointAny:
-			e.buf, err = jsonx.AppendValue(e.buf, p.obj, &e.s)
+			b, err = jsonx.AppendValue(b, p.obj, s)
 		default:
 			err = errNoPointValue
 		}
 		if err != nil {
-			return valueError(device, p.Key, err)
+			return b, i, err
 		}
 	}
-	e.buf = append(e.buf, '}')
-	return nil
+	return append(b, '}'), 0, nil
 }
 
 // seen reports whether k is among e.pointKeys, of an entry of n points: a
@@ -647,28 +660,30 @@ func (e *encoder) membersCached(device string, v Values, track bool) bool {
 	if len(e.order) != len(v) {
 		return false
 	}
-	mark, items := len(e.buf), len(e.items)
+	// b rather than e.buf, stored once: see object.
+	b, mark, items := e.buf, len(e.buf), len(e.items)
 	for i, k := range e.order {
 		val, ok := v[k]
 		if !ok {
-			e.buf, e.items = e.buf[:mark], e.items[:items]
+			e.buf, e.items = b[:mark], e.items[:items]
 			return false
 		}
 		if i > 0 {
-			e.buf = append(e.buf, ',')
+			b = append(b, ',')
 		}
-		start := len(e.buf)
-		e.buf = append(e.buf, e.quotedKeys[i]...)
+		start := len(b)
+		b = append(b, e.quotedKeys[i]...)
 		var err error
-		if e.buf, err = jsonx.AppendValue(e.buf, val, &e.s); err != nil {
+		if b, err = jsonx.AppendValue(b, val, &e.s); err != nil {
 			// Let the general path report it.
-			e.buf, e.items = e.buf[:mark], e.items[:items]
+			e.buf, e.items = b[:mark], e.items[:items]
 			return false
 		}
 		if track {
-			e.items = append(e.items, item{start, len(e.buf), 1})
+			e.items = append(e.items, item{start, len(b), 1})
 		}
 	}
+	e.buf = b
 	return true
 }
 
