@@ -833,6 +833,7 @@ func (g *Gateway) sendLoop() {
 	defer close(g.senderDone)
 	var lingerHead *outbox.Record
 	var lingerUntil time.Time
+	var packer outbox.Packer
 	recheck := time.NewTimer(time.Hour)
 	defer recheck.Stop()
 	for {
@@ -861,7 +862,7 @@ func (g *Gateway) sendLoop() {
 			continue
 		}
 		lim := g.limit()
-		msg, n := outbox.Pack(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
+		msg, n := packer.Pack(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
 		// Linger: give other calls a moment to add to a message that is
 		// not full yet.
 		if g.opts.linger > 0 && recs[0].Kind != outbox.Raw && n == len(recs) {
@@ -882,7 +883,7 @@ func (g *Gateway) sendLoop() {
 					continue
 				}
 				recs, _ = g.queue.Peek(4096)
-				msg, n = outbox.Pack(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
+				msg, n = packer.Pack(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
 			}
 		}
 		g.queue.Remove(n)

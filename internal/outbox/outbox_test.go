@@ -82,6 +82,44 @@ func TestPackNeverExceedsLimit(t *testing.T) {
 	}
 }
 
+// TestPackerReuse: a Packer kept across messages, as the sender keeps it,
+// makes exactly the messages a fresh one makes, whether the previous
+// message had few devices or enough to need its index; and each device's
+// records come out in their order.
+func TestPackerReuse(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var p Packer
+	last := map[string]int{}
+	for round := 0; round < 100; round++ {
+		devices := []int{1, 3, 16, 17, 40}[rng.IntN(5)]
+		var recs []*Record
+		for i := 0; i < 400; i++ {
+			seq := round*1000 + i
+			recs = append(recs, tele(fmt.Sprintf("dev-%d", rng.IntN(devices)), fmt.Sprintf(`{"ts":%d,"values":{"v":1}}`, seq), 1))
+		}
+		for len(recs) > 0 {
+			limit := 300 + rng.IntN(4000)
+			want, wn := Pack(recs, limit, 0, 1, true)
+			got, n := p.Pack(recs, limit, 0, 1, true)
+			require.Equal(t, wn, n)
+			require.Equal(t, string(want.Payload), string(got.Payload))
+			require.Equal(t, recs[:n], got.Records)
+			var byDevice map[string][]struct{ TS int }
+			require.NoError(t, json.Unmarshal(got.Payload, &byDevice))
+			count := 0
+			for dev, entries := range byDevice {
+				for _, e := range entries {
+					require.Greater(t, e.TS, last[dev]-1, "order of %s", dev)
+					last[dev] = e.TS + 1
+					count++
+				}
+			}
+			require.Equal(t, n, count)
+			recs = recs[n:]
+		}
+	}
+}
+
 func TestQueuePolicies(t *testing.T) {
 	ctx := context.Background()
 	r := func() *Record { return &Record{Kind: Raw, Topic: "t", Body: []byte("0123456789")} }

@@ -41,6 +41,44 @@ func Overhead(topic string, qos byte) int {
 // encoded bytes, not estimated. The head record is always taken, even if
 // it alone is over the limit (the caller checks Size).
 func Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool) (Message, int) {
+	var p Packer
+	return p.Pack(recs, limit, maxPoints, qos, merge)
+}
+
+// Packer is Pack with its bookkeeping kept from one message to the next,
+// so that a stream of messages allocates only their payloads and record
+// lists. It is for one goroutine.
+type Packer struct {
+	// groups are the devices of the message in first-appearance order, and
+	// next chains each record to the next one of its device (-1: none).
+	groups []group
+	next   []int32
+	index  map[string]int32 // device to group, for messages of many devices
+}
+
+type group struct {
+	name        string
+	first, last int32
+}
+
+// find returns the group of device dev, or -1.
+func (p *Packer) find(dev string) int32 {
+	if len(p.groups) > 16 {
+		if i, ok := p.index[dev]; ok {
+			return i
+		}
+		return -1
+	}
+	for i := range p.groups {
+		if p.groups[i].name == dev {
+			return int32(i)
+		}
+	}
+	return -1
+}
+
+// Pack is the function Pack.
+func (p *Packer) Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool) (Message, int) {
 	head := recs[0]
 	if head.Kind == Raw {
 		return Message{Topic: head.Topic, Payload: head.Body, Records: []*Record{head}, Points: head.Points}, 1
@@ -51,38 +89,17 @@ func Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool) (Message, 
 	if head.Kind == Attributes {
 		open, close = '{', '}'
 	}
-	// Group by device in first-appearance order.
-	type group struct {
-		name    string
-		members []*Record
-	}
-	var groups []group
-	var index map[string]int // only for messages of many devices
-	find := func(dev string) (int, bool) {
-		if index != nil {
-			i, ok := index[dev]
-			return i, ok
-		}
-		for i := range groups {
-			if groups[i].name == dev {
-				return i, true
-			}
-		}
-		return 0, false
-	}
-	n := 0
-	points := 0
+	p.groups, p.next = p.groups[:0], p.next[:0]
+	n, points := 0, 0
 	for _, r := range recs {
 		if r.Kind != head.Kind || (n > 0 && (!merge || r.Isolate || head.Isolate)) {
 			break
 		}
-		var add int
-		gi, seen := find(r.Device)
-		if seen {
-			add = 1 + len(r.Body)
-		} else {
+		gi := p.find(r.Device)
+		add := 1 + len(r.Body)
+		if gi < 0 {
 			add = len(r.Device) + 3 + len(r.Body) // "name":[body]
-			if len(groups) > 0 {
+			if len(p.groups) > 0 {
 				add++
 			}
 		}
@@ -90,41 +107,56 @@ func Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool) (Message, 
 			break
 		}
 		size += add
-		if seen {
-			groups[gi].members = append(groups[gi].members, r)
+		p.next = append(p.next, -1)
+		if gi >= 0 {
+			g := &p.groups[gi]
+			p.next[g.last], g.last = int32(n), int32(n)
 		} else {
-			groups = append(groups, group{name: r.Device, members: []*Record{r}})
-			if index != nil {
-				index[r.Device] = len(groups) - 1
-			} else if len(groups) > 16 {
-				index = make(map[string]int, 64)
-				for i, g := range groups {
-					index[g.name] = i
-				}
-			}
+			p.groups = append(p.groups, group{name: r.Device, first: int32(n), last: int32(n)})
+			p.indexLast()
 		}
 		points += r.Points
 		n++
 	}
 	payload := make([]byte, 0, size-Overhead(topic, qos))
 	payload = append(payload, '{')
-	for i, g := range groups {
+	for i, g := range p.groups {
 		if i > 0 {
 			payload = append(payload, ',')
 		}
 		payload = append(payload, g.name...)
 		payload = append(payload, ':', open)
-		for j, r := range g.members {
-			if j > 0 {
-				payload = append(payload, ',')
+		for j := g.first; ; {
+			payload = append(payload, recs[j].Body...)
+			if j = p.next[j]; j < 0 {
+				break
 			}
-			payload = append(payload, r.Body...)
+			payload = append(payload, ',')
 		}
 		payload = append(payload, close)
 	}
 	payload = append(payload, '}')
+	clear(p.groups) // hold no device names until the next message
 	// Copy: recs aliases the queue, which clears the slots it gives up.
 	return Message{Topic: topic, Payload: payload, Records: append([]*Record(nil), recs[:n]...), Points: points}, n
+}
+
+// indexLast adds the group just appended to the index once there are too
+// many groups to search one by one.
+func (p *Packer) indexLast() {
+	switch n := len(p.groups); {
+	case n < 17:
+	case n == 17:
+		if p.index == nil {
+			p.index = make(map[string]int32, 64)
+		}
+		clear(p.index)
+		for i, g := range p.groups {
+			p.index[g.name] = int32(i)
+		}
+	default:
+		p.index[p.groups[n-1].name] = int32(n - 1)
+	}
 }
 
 // Size is the message's remaining length.
