@@ -1021,15 +1021,25 @@ func (g *Gateway) onAck(m *outbox.Message) {
 	if g.durable != nil {
 		g.durable.Remove(m.Records)
 	}
-	var decided []*outbox.Waiter
+	// Two passes. By now the records have long left the CPU's caches, and
+	// an atomic update stalls on its miss before the next can start, while
+	// plain reads of many records overlap: the first pass reads, and the
+	// second updates what the first brought in.
+	var waiters []*outbox.Waiter
 	for _, r := range m.Records {
 		// The registry first: a Connect returns as soon as its waiter is
 		// acknowledged, and must find the device registered.
 		g.recordAcked(r)
-		if w := r.Waiter; w != nil && w.Ack() && w.Callback() != nil {
-			if decided == nil {
-				decided = make([]*outbox.Waiter, 0, len(m.Records))
+		if w := r.Waiter; w != nil && !w.Decided() {
+			if waiters == nil {
+				waiters = make([]*outbox.Waiter, 0, len(m.Records))
 			}
+			waiters = append(waiters, w)
+		}
+	}
+	decided := waiters[:0]
+	for _, w := range waiters {
+		if w.Ack() && w.Callback() != nil {
 			decided = append(decided, w)
 		}
 	}
@@ -1048,6 +1058,14 @@ func (g *Gateway) onAck(m *outbox.Message) {
 // connects and disconnects, and notes each device's last uplink (for
 // WithSessionRefresh).
 func (g *Gateway) recordAcked(r *outbox.Record) {
+	if r.Kind != outbox.Raw {
+		// Telemetry and attributes: only Kind is read, in the cache line
+		// the acknowledgement reads anyway.
+		if g.opts.sessionRefresh > 0 {
+			g.noteUplink(r.DeviceName)
+		}
+		return
+	}
 	switch r.Topic {
 	case topicGatewayConnect:
 		e := &deviceEntry{profile: r.Note}
@@ -1062,11 +1080,18 @@ func (g *Gateway) recordAcked(r *outbox.Record) {
 		g.mu.Unlock()
 		return
 	}
-	if r.DeviceName == "" || g.opts.sessionRefresh == 0 {
+	if g.opts.sessionRefresh > 0 {
+		g.noteUplink(r.DeviceName)
+	}
+}
+
+// noteUplink records that data of device name reached the server.
+func (g *Gateway) noteUplink(name string) {
+	if name == "" {
 		return
 	}
 	g.mu.RLock()
-	e := g.devices[r.DeviceName]
+	e := g.devices[name]
 	g.mu.RUnlock()
 	if e != nil {
 		e.lastUplink.Store(time.Now().UnixNano())

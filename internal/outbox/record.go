@@ -31,7 +31,14 @@ const (
 
 // Record is one queued piece of outbound data.
 type Record struct {
-	Kind Kind
+	// call is the storage of the Waiter of a call this record begins
+	// (Bind). It and the fields after it, up to Isolate, are what an
+	// acknowledgement reads: first, to share a cache line, because by the
+	// time the PUBACK comes the record has long left every cache.
+	call Waiter
+	// Waiter, if set, is told when the record is acknowledged or fails.
+	Waiter *Waiter
+	Kind   Kind
 	// Isolate keeps the record out of merged messages: it was part of a
 	// message the server kept rejecting, and must be tried alone.
 	Isolate bool
@@ -47,8 +54,6 @@ type Record struct {
 	Points int
 	// Seq identifies the record in a durable store (0 when not stored).
 	Seq uint64
-	// Waiter, if set, is told when the record is acknowledged or fails.
-	Waiter *Waiter
 	// DeviceName is the plain device name the record belongs to ("" when
 	// none).
 	DeviceName string
@@ -56,10 +61,8 @@ type Record struct {
 	// acknowledged (the profile of a connect).
 	Note string
 
-	// call is the storage of the Waiter of a call this record begins
-	// (Bind), and self the slice of a call of this record alone
-	// (Alone): a call of one record is then one allocation.
-	call Waiter
+	// self is the slice of a call of this record alone (Alone): with call,
+	// a call of one record is one allocation.
 	self [1]*Record
 }
 
@@ -135,6 +138,10 @@ func (w *Waiter) init(n int, callback func(error)) {
 // Done is closed when the outcome is known (nil for a waiter with a
 // callback).
 func (w *Waiter) Done() <-chan struct{} { return w.done }
+
+// Decided reports whether the outcome is known: a call that failed needs
+// no more acknowledgements.
+func (w *Waiter) Decided() bool { return w.decided.Load() }
 
 // Err is the outcome once Done is closed.
 func (w *Waiter) Err() error { return w.err }
