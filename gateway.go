@@ -886,7 +886,7 @@ func (g *Gateway) sendLoop() {
 				msg, n = packer.Pack(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
 			}
 		}
-		g.queue.Remove(n)
+		g.queue.Remove(recs[:n])
 		if size := msg.Size(g.opts.qos); size > lim.max {
 			// Queued before the server lowered its limit.
 			g.failRecords(&msg, &PayloadTooLargeError{Topic: msg.Topic, Size: size, Limit: lim.max})

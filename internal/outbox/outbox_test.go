@@ -145,7 +145,8 @@ func TestQueuePolicies(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- q.Put(ctx, []*Record{r()}, false) }()
 	time.Sleep(10 * time.Millisecond)
-	q.Remove(1)
+	taken, _ := q.Peek(1)
+	q.Remove(taken)
 	require.NoError(t, <-done)
 	n, b := q.Len()
 	assert.Equal(t, 2, n)
@@ -159,6 +160,90 @@ func TestQueuePolicies(t *testing.T) {
 	rest := q.Close()
 	assert.Len(t, rest, 3)
 	assert.ErrorIs(t, q.Put(ctx, []*Record{r()}, false), ErrClosed)
+}
+
+// TestQueueRing drives the ring through random tail and front puts, peeks
+// (wrapping around its end or not) and removals, with front puts between a
+// Peek and its Remove as a reconnect makes them, against a plain slice.
+func TestQueueRing(t *testing.T) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(5, 6))
+	q := NewQueue(1<<20, 1<<30, Block, nil)
+	var model []*Record
+	id := 0
+	mk := func(n int) []*Record {
+		recs := make([]*Record, n)
+		for i := range recs {
+			id++
+			recs[i] = &Record{Kind: Raw, Topic: "t", Body: []byte(fmt.Sprint(id))}
+		}
+		return recs
+	}
+	for step := 0; step < 20000; step++ {
+		switch op := rng.IntN(10); {
+		case op < 5:
+			recs := mk(1 + rng.IntN(7))
+			require.NoError(t, q.Put(ctx, recs, false))
+			model = append(model, recs...)
+		case op < 6:
+			recs := mk(1 + rng.IntN(3))
+			require.NoError(t, q.Put(ctx, recs, true))
+			model = append(append([]*Record(nil), recs...), model...)
+		default:
+			got, _ := q.Peek(1 + rng.IntN(40))
+			require.Equal(t, model[:len(got)], got)
+			n := rng.IntN(len(got) + 1)
+			taken := append([]*Record(nil), got[:n]...)
+			if rng.IntN(4) == 0 {
+				recs := mk(1 + rng.IntN(3))
+				require.NoError(t, q.Put(ctx, recs, true))
+				model = append(append([]*Record(nil), recs...), model[n:]...)
+			} else {
+				model = model[n:]
+			}
+			q.Remove(taken)
+		}
+		msgs, bytes := q.Len()
+		require.Equal(t, len(model), msgs, "step %d", step)
+		want := 0
+		for _, r := range model {
+			want += r.Cost()
+		}
+		require.Equal(t, want, bytes)
+	}
+	require.Equal(t, model, q.Close())
+}
+
+// TestQueueRemoveAfterEviction: records the consumer took may be evicted
+// by DropOldest before it removes them; it removes the rest of them and
+// nothing else.
+func TestQueueRemoveAfterEviction(t *testing.T) {
+	ctx := context.Background()
+	r := func() *Record { return &Record{Kind: Raw, Topic: "t", Body: []byte("x")} }
+	q := NewQueue(4, 1000, DropOldest, nil)
+	a, b, c, d := r(), r(), r(), r()
+	require.NoError(t, q.Put(ctx, []*Record{a, b, c, d}, false))
+	got, _ := q.Peek(3)
+	taken := append([]*Record(nil), got...) // a b c
+	e := r()
+	require.NoError(t, q.Put(ctx, []*Record{e}, false)) // evicts a
+	q.Remove(taken)
+	assert.Equal(t, []*Record{d, e}, q.Close())
+}
+
+// TestQueueFrontIgnoresBounds: everything taken back from the connection
+// goes back in front, however much it is.
+func TestQueueFrontIgnoresBounds(t *testing.T) {
+	ctx := context.Background()
+	q := NewQueue(2, 10, FailFast, nil)
+	var recs []*Record
+	for range 5 {
+		recs = append(recs, &Record{Kind: Raw, Topic: "t", Body: []byte("0123456789")})
+	}
+	assert.ErrorIs(t, q.Put(ctx, recs, false), ErrTooBig)
+	require.NoError(t, q.Put(ctx, recs, true))
+	n, _ := q.Len()
+	assert.Equal(t, 5, n)
 }
 
 func TestWaiter(t *testing.T) {

@@ -28,9 +28,13 @@ var (
 
 // Queue is a FIFO of records bounded by count and bytes.
 type Queue struct {
-	mu       sync.Mutex
-	items    []*Record
-	head     int
+	mu sync.Mutex
+	// ring holds the records from ring[head] on, n of them, wrapping
+	// around its end: a stream passes through without the allocations
+	// and copies of a slice appended at one end and cut at the other.
+	ring     []*Record
+	head, n  int
+	wrapped  []*Record // Peek's copy of records that wrap around
 	bytes    int
 	maxMsgs  int
 	maxBytes int
@@ -66,20 +70,58 @@ func (q *Queue) wakeProducers() {
 	}
 }
 
-func (q *Queue) lenLocked() int { return len(q.items) - q.head }
+func (q *Queue) lenLocked() int { return q.n }
 
 func (q *Queue) fits(n, bytes int) bool {
-	return q.lenLocked()+n <= q.maxMsgs && q.bytes+bytes <= q.maxBytes
+	return q.n+n <= q.maxMsgs && q.bytes+bytes <= q.maxBytes
+}
+
+// slot returns the ring index of the i-th queued record.
+func (q *Queue) slot(i int) int {
+	if j := q.head + i; j < len(q.ring) {
+		return j
+	}
+	return q.head + i - len(q.ring)
+}
+
+// ensure makes room in the ring for more records.
+func (q *Queue) ensure(more int) {
+	if q.n+more <= len(q.ring) {
+		return
+	}
+	ring := make([]*Record, max(2*len(q.ring), q.n+more, 64))
+	q.copyTo(ring)
+	q.ring, q.head = ring, 0
+}
+
+// copyTo copies the queued records, in order, to dst.
+func (q *Queue) copyTo(dst []*Record) {
+	first := min(q.n, len(q.ring)-q.head)
+	copy(dst, q.ring[q.head:q.head+first])
+	copy(dst[first:], q.ring[:q.n-first])
+}
+
+// popHead removes the oldest record and returns it.
+func (q *Queue) popHead() *Record {
+	r := q.ring[q.head]
+	q.ring[q.head] = nil
+	if q.head++; q.head == len(q.ring) {
+		q.head = 0
+	}
+	q.n--
+	q.bytes -= r.Cost()
+	return r
 }
 
 // Put appends recs, all or none, applying the policy when full. front puts
-// them at the head instead (records re-queued or loaded from disk).
+// them at the head instead, whatever the bounds: records taken back from
+// the connection, or loaded from disk, which were accepted before.
 func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 	cost := 0
 	for _, r := range recs {
 		cost += r.Cost()
 	}
-	if len(recs) > q.maxMsgs || cost > q.maxBytes {
+	if !front && (len(recs) > q.maxMsgs || cost > q.maxBytes) {
 		return ErrTooBig
 	}
 	q.mu.Lock()
@@ -89,11 +131,8 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 			q.mu.Unlock()
 			return ErrFull
 		case DropOldest:
-			for !q.fits(len(recs), cost) && q.lenLocked() > 0 {
-				r := q.items[q.head]
-				q.items[q.head] = nil
-				q.head++
-				q.bytes -= r.Cost()
+			for !q.fits(len(recs), cost) && q.n > 0 {
+				r := q.popHead()
 				q.dropped++
 				if q.onDrop != nil {
 					q.onDrop(r)
@@ -117,15 +156,21 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 		q.mu.Unlock()
 		return ErrClosed
 	}
+	q.ensure(len(recs))
 	if front {
-		rest := q.items[q.head:]
-		items := make([]*Record, 0, len(recs)+len(rest))
-		items = append(append(items, recs...), rest...)
-		q.items, q.head = items, 0
+		if q.head -= len(recs); q.head < 0 {
+			q.head += len(q.ring)
+		}
+		for i, r := range recs {
+			q.ring[q.slot(i)] = r
+		}
 	} else {
-		q.items = append(q.items, recs...)
+		for i, r := range recs {
+			q.ring[q.slot(q.n+i)] = r
+		}
 		q.added += uint64(len(recs))
 	}
+	q.n += len(recs)
 	q.bytes += cost
 	// Only the first Put after the consumer looked needs to tell it: the
 	// others would find the channel full anyway, after taking its lock.
@@ -140,33 +185,81 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 
 // Peek returns up to max records from the head without removing them, and
 // a channel that receives when records are added (the queue has one
-// consumer).
+// consumer). The slice is valid until the next Peek.
 func (q *Queue) Peek(max int) ([]*Record, <-chan struct{}) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.peeked = true
-	n := min(q.lenLocked(), max)
-	return q.items[q.head : q.head+n : q.head+n], q.notify
+	n := min(q.n, max)
+	if q.head+n <= len(q.ring) {
+		return q.ring[q.head : q.head+n : q.head+n], q.notify
+	}
+	if cap(q.wrapped) < n {
+		q.wrapped = make([]*Record, 0, n)
+	}
+	q.wrapped = q.wrapped[:n]
+	first := len(q.ring) - q.head
+	copy(q.wrapped, q.ring[q.head:])
+	copy(q.wrapped[first:], q.ring[:n-first])
+	return q.wrapped[:n:n], q.notify
 }
 
-// Remove drops the first n records (taken by the sender).
-func (q *Queue) Remove(n int) {
+// Remove drops taken, the first records of the consumer's last Peek, once
+// it has them in a message. Records put in front since then (taken back
+// from the connection) stay ahead of the rest; records DropOldest evicted
+// since are gone already.
+func (q *Queue) Remove(taken []*Record) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for i := 0; i < n && q.lenLocked() > 0; i++ {
-		q.bytes -= q.items[q.head].Cost()
-		q.items[q.head] = nil
-		q.head++
+	if len(taken) > 0 && q.n > 0 && q.ring[q.head] == taken[0] {
+		for range min(len(taken), q.n) {
+			q.popHead()
+		}
+	} else {
+		q.removeMoved(taken)
 	}
-	if q.head > 1024 && q.head*2 > len(q.items) {
-		q.items = append([]*Record(nil), q.items[q.head:]...)
-		q.head = 0
+	if len(q.wrapped) > 0 {
+		clear(q.wrapped) // hold no records for the GC
+		q.wrapped = q.wrapped[:0]
+	}
+	if q.n == 0 && len(q.ring) > 1<<16 {
+		q.ring, q.head = nil, 0 // a long outage is over: give its memory back
 	}
 	// Blocked producers are woken only once an eighth of the queue is free
 	// again: waking all of them for every record taken makes a herd that
 	// costs more than the sending.
-	if q.space != nil && q.lenLocked() <= q.maxMsgs-q.maxMsgs/8 && q.bytes <= q.maxBytes-q.maxBytes/8 {
+	if q.space != nil && q.n <= q.maxMsgs-q.maxMsgs/8 && q.bytes <= q.maxBytes-q.maxBytes/8 {
 		q.wakeProducers()
+	}
+}
+
+// removeMoved removes taken where it is now: behind records put in front,
+// or partly evicted.
+func (q *Queue) removeMoved(taken []*Record) {
+	for i, r := range taken {
+		k := 0
+		for k < q.n && q.ring[q.slot(k)] != r {
+			k++
+		}
+		if k == q.n {
+			continue // evicted
+		}
+		// taken[i:] lies at k, k+1...: close the gap by moving the k
+		// records ahead of it back by its length.
+		m := 0
+		for m < len(taken)-i && k+m < q.n && q.ring[q.slot(k+m)] == taken[i+m] {
+			q.bytes -= taken[i+m].Cost()
+			m++
+		}
+		for j := k - 1; j >= 0; j-- {
+			q.ring[q.slot(j+m)] = q.ring[q.slot(j)]
+		}
+		for j := range m {
+			q.ring[q.slot(j)] = nil
+		}
+		q.head = q.slot(m)
+		q.n -= m
+		return
 	}
 }
 
@@ -196,8 +289,9 @@ func (q *Queue) Close() []*Record {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.closed = true
-	rest := append([]*Record(nil), q.items[q.head:]...)
-	q.items, q.head, q.bytes = nil, 0, 0
+	rest := make([]*Record, q.n)
+	q.copyTo(rest)
+	q.ring, q.head, q.n, q.bytes = nil, 0, 0, 0
 	q.wakeProducers()
 	q.wakeConsumer()
 	return rest
