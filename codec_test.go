@@ -312,6 +312,8 @@ func TestValueErrors(t *testing.T) {
 		{"flat-values", []Entry{{Values: Values{"values": 1, "ts": 2}}}, "D", ErrInvalidKey, "values"},
 		{"metadata-no-connector", []Entry{{TS: 1, Values: Values{"t": 1}, Metadata: &Metadata{ReceivedAt: ms(1)}}}, "D", ErrInvalidValue, "metadata"},
 		{"empty-device", []Entry{{TS: 1, Values: Values{"t": 1}}}, "", ErrInvalidDeviceName, ""},
+		{"key-not-utf8", []Entry{{TS: 1, Values: Values{"\xd6": 1, "\xb1": 2}}}, "D", ErrInvalidKey, "\ufffd"},
+		{"point-key-not-utf8", []Entry{{TS: 1, Points: []Point{Int("ok", 1), Int("a\xff", 2)}}}, "D", ErrInvalidKey, "a\ufffd"},
 		{"point-nan", []Entry{{TS: 1, Points: []Point{Float64("t", math.NaN())}}}, "D", ErrInvalidValue, "t"},
 		{"point-inf", []Entry{{TS: 1, Points: []Point{Int("a", 1), Float64("t", math.Inf(-1))}}}, "D", ErrInvalidValue, "t"},
 		{"point-any-nil", []Entry{{TS: 1, Points: []Point{Any("t", nil)}}}, "D", ErrInvalidValue, "t"},

@@ -19,12 +19,13 @@ var (
 	// ThingsBoard's 255 characters. The server closes the connection on an
 	// empty name, so it is refused before anything is sent.
 	ErrInvalidDeviceName = errors.New("tbgateway: invalid device name")
-	// ErrInvalidKey: an empty telemetry or attribute key, a key the server
-	// would misread ("metadata" or "values" in an entry without timestamp),
-	// or a comma in a key of the gateway's own attribute request.
+	// ErrInvalidKey: an empty telemetry or attribute key, a key given twice
+	// in an entry (in its Values and Points), a key the server would
+	// misread ("metadata" or "values" in an entry without timestamp), or a
+	// comma in a key of the gateway's own attribute request.
 	ErrInvalidKey = errors.New("tbgateway: invalid key")
-	// ErrInvalidValue: NaN, ±Inf, nil or malformed JSON where a value is
-	// expected.
+	// ErrInvalidValue: NaN, ±Inf, nil, malformed JSON or a Point without
+	// value where a value is expected.
 	ErrInvalidValue = errors.New("tbgateway: invalid value")
 	// ErrUnsupportedType: a value of a Go type that has no JSON form
 	// (channel, function, complex number...).

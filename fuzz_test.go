@@ -2,6 +2,7 @@ package tbgateway
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"reflect"
 	"strconv"
@@ -361,6 +362,52 @@ func FuzzRPCErrorOf(f *testing.F) {
 		}
 		if !ok && msg != "" {
 			t.Fatalf("rpcErrorOf(%q) = %q without ok", reply, msg)
+		}
+	})
+}
+
+// FuzzPointsMatchValues: an entry of Points and the entry of the same data
+// in Values are refused for the same reason or sent as the same JSON, with
+// integers and floats kept apart.
+func FuzzPointsMatchValues(f *testing.F) {
+	f.Add("t", "n", 21.5, int64(7), "s", "on", true)
+	f.Add("", "n", 1.0, int64(0), "s", "", false)
+	f.Add("a\u2028", "\xff", 1e300, int64(-1), "x\"", "\x00", true)
+	f.Fuzz(func(t *testing.T, kf, ki string, fv float64, iv int64, ks, sv string, bv bool) {
+		if kf == ki || kf == ks || ki == ks || ks+"?" == kf || ks+"?" == ki {
+			t.Skip("the same key twice has no Values form")
+		}
+		kb := ks + "?"
+		points := []Point{Float64(kf, fv), Int64(ki, iv), String(ks, sv), Bool(kb, bv)}
+		values := Values{kf: fv, ki: iv, ks: sv, kb: bv}
+		enc := func(en Entry) (string, error) {
+			return encodeWith(func(e *encoder) error { return e.deviceTelemetry("D", []Entry{en}) })
+		}
+		p, perr := enc(Entry{TS: 1, Points: points})
+		v, verr := enc(Entry{TS: 1, Values: values})
+		if (perr == nil) != (verr == nil) {
+			t.Fatalf("points: %v, values: %v", perr, verr)
+		}
+		if perr != nil {
+			// Which fault is found first may differ (Values are checked in
+			// key order), not the kind of fault.
+			for _, err := range []error{perr, verr} {
+				if !errors.Is(err, ErrInvalidKey) && !errors.Is(err, ErrInvalidValue) {
+					t.Fatalf("points: %v, values: %v", perr, verr)
+				}
+			}
+			return
+		}
+		pd, err := jsonx.Decode([]byte(p))
+		if err != nil {
+			t.Fatalf("points sent invalid JSON %q: %v", p, err)
+		}
+		vd, err := jsonx.Decode([]byte(v))
+		if err != nil {
+			t.Fatalf("values sent invalid JSON %q: %v", v, err)
+		}
+		if !reflect.DeepEqual(pd, vd) {
+			t.Fatalf("points %s, values %s", p, v)
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,7 +53,7 @@ func At(t time.Time, values Values) Entry {
 // Point is one named value of an Entry, made by Int, Int64, Uint64,
 // Float64, Bool, String or Any. The zero Point has no value and is refused.
 type Point struct {
-	Key  string
+	Key  string // the telemetry key
 	kind pointKind
 	num  uint64 // the bits of an Int64, Uint64, Float64 or Bool
 	str  string
@@ -616,8 +617,8 @@ func (e *encoder) checkPointKeys(device string, en *Entry) error {
 func (e *encoder) quotePointKeys(device string, en *Entry) error {
 	for i := range en.Points {
 		k := en.Points[i].Key
-		if k == "" {
-			return &ValueError{Device: device, Err: fmt.Errorf("%w: empty key", ErrInvalidKey)}
+		if err := checkKey(device, k); err != nil {
+			return err
 		}
 		if _, dup := en.Values[k]; dup || e.seen(k, len(en.Points)) {
 			return &ValueError{Device: device, Key: k, Err: fmt.Errorf("%w: key given twice", ErrInvalidKey)}
@@ -689,8 +690,8 @@ func (e *encoder) membersCached(device string, v Values, track bool) bool {
 
 func (e *encoder) membersInOrder(device string, v Values, keys []string, track bool) error {
 	for i, k := range keys {
-		if k == "" {
-			return &ValueError{Device: device, Err: fmt.Errorf("%w: empty key", ErrInvalidKey)}
+		if err := checkKey(device, k); err != nil {
+			return err
 		}
 		if i > 0 {
 			e.buf = append(e.buf, ',')
@@ -705,6 +706,18 @@ func (e *encoder) membersInOrder(device string, v Values, keys []string, track b
 		if track {
 			e.items = append(e.items, item{start, len(e.buf), 1})
 		}
+	}
+	return nil
+}
+
+// checkKey refuses a key that cannot be sent: empty, or not UTF-8, which
+// would go out as U+FFFD and could then be the same key as another.
+func checkKey(device, k string) error {
+	if k == "" {
+		return &ValueError{Device: device, Err: fmt.Errorf("%w: empty key", ErrInvalidKey)}
+	}
+	if !utf8.ValidString(k) {
+		return &ValueError{Device: device, Key: strings.ToValidUTF8(k, "\uFFFD"), Err: fmt.Errorf("%w: key is not valid UTF-8", ErrInvalidKey)}
 	}
 	return nil
 }
