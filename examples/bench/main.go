@@ -26,6 +26,9 @@
 //	go run ./examples/bench                          # embedded mochi broker
 //	go run ./examples/bench -broker tcp://127.0.0.1:1883 -entries 4000
 //
+// SDK runs give their values as Points, which an application refills in
+// place; -values gives them as a Values map instead.
+//
 // Runs (-runs): sdk (coalescing, one call per device entry), sdk-unbatched
 // (WithoutCoalescing, one message per call), sdk-batched (coalescing, -batch
 // entries per call; not run by default), naive and packed (raw paho with a
