@@ -340,6 +340,7 @@ func TestValueErrors(t *testing.T) {
 	long := string(bytes.Repeat([]byte("x"), 256))
 	assert.ErrorIs(t, checkDeviceName(long), ErrInvalidDeviceName)
 	assert.NoError(t, checkDeviceName(long[:255]))
+	assert.ErrorIs(t, checkDeviceName("Pump \xff"), ErrInvalidDeviceName)
 }
 
 // TestPoints pins how each kind of Point is written, and that Points after

@@ -15,14 +15,15 @@ var (
 	// requests, Call) when the connection dropped; the request may or may
 	// not have reached the server.
 	ErrConnectionLost = errors.New("tbgateway: connection lost while waiting for a reply")
-	// ErrInvalidDeviceName: a device name is empty or longer than
-	// ThingsBoard's 255 characters. The server closes the connection on an
-	// empty name, so it is refused before anything is sent.
+	// ErrInvalidDeviceName: a device name is empty, not UTF-8, or longer
+	// than ThingsBoard's 255 characters. The server closes the connection
+	// on an empty name, so it is refused before anything is sent.
 	ErrInvalidDeviceName = errors.New("tbgateway: invalid device name")
-	// ErrInvalidKey: an empty telemetry or attribute key, a key given twice
-	// in an entry (in its Values and Points), a key the server would
-	// misread ("metadata" or "values" in an entry without timestamp), or a
-	// comma in a key of the gateway's own attribute request.
+	// ErrInvalidKey: an empty telemetry or attribute key or one that is not
+	// UTF-8, a key given twice in an entry (in its Values and Points), a key
+	// the server would misread ("metadata" or "values" in an entry without
+	// timestamp), or a comma in a key of the gateway's own attribute
+	// request.
 	ErrInvalidKey = errors.New("tbgateway: invalid key")
 	// ErrInvalidValue: NaN, ±Inf, nil, malformed JSON or a Point without
 	// value where a value is expected.

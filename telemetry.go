@@ -757,7 +757,11 @@ func checkDeviceName(name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: empty", ErrInvalidDeviceName)
 	}
-	if utf8.RuneCountInString(name) > maxDeviceName {
+	if !utf8.ValidString(name) {
+		// Sent as U+FFFD, it could be the name of another device.
+		return fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalidDeviceName, name)
+	}
+	if len(name) > maxDeviceName && utf8.RuneCountInString(name) > maxDeviceName {
 		return fmt.Errorf("%w: %q is longer than %d characters", ErrInvalidDeviceName, name[:32]+"...", maxDeviceName)
 	}
 	return nil
