@@ -67,7 +67,7 @@ func (e *encoder) attributeRecords(a Attributes, lim sizeLimit) ([]*outbox.Recor
 			return nil, err
 		}
 		var err error
-		if recs, err = e.split(recs, outbox.Attributes, name, lim); err != nil {
+		if recs, err = e.split(recs, outbox.Attributes, name, quotedName(name), lim); err != nil {
 			return nil, err
 		}
 	}

@@ -56,7 +56,7 @@ func TestEncoderAllocatesNothingPerDataPoint(t *testing.T) {
 	allocs := func(entries []Entry) float64 {
 		return testing.AllocsPerRun(200, func() {
 			e.buf, e.items = e.buf[:0], e.items[:0]
-			recs, err := e.deviceRecords(nil, "Device A", entries, lim)
+			recs, err := e.deviceRecords(nil, "Device A", "", entries, lim)
 			if err != nil || len(recs) != 1 {
 				t.Fatalf("records %d, err %v", len(recs), err)
 			}
@@ -118,7 +118,7 @@ func BenchmarkSplit(b *testing.B) {
 	n := 0
 	for b.Loop() {
 		e := getEncoder()
-		recs, err := e.deviceRecords(nil, "Device A", es, lim)
+		recs, err := e.deviceRecords(nil, "Device A", "", es, lim)
 		e.release()
 		if err != nil {
 			b.Fatal(err)
@@ -146,7 +146,7 @@ func BenchmarkPack(b *testing.B) {
 	var stream []*outbox.Record
 	for i := range 20 {
 		for d := range 100 {
-			recs, err := e.deviceRecords(nil, fmt.Sprintf("Device %d", d), t[fmt.Sprintf("Device %d", d)][i:i+1], lim)
+			recs, err := e.deviceRecords(nil, fmt.Sprintf("Device %d", d), "", t[fmt.Sprintf("Device %d", d)][i:i+1], lim)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -240,7 +240,7 @@ func BenchmarkEncodeCall(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				e := getEncoder()
-				recs, err := e.deviceRecords(nil, "Device A", form.entries, lim)
+				recs, err := e.deviceRecords(nil, "Device A", "", form.entries, lim)
 				e.release()
 				if err != nil || len(recs) != 1 {
 					b.Fatal(err)

@@ -389,7 +389,7 @@ func TestPointKeyCache(t *testing.T) {
 	e := new(encoder)
 	call := func(en Entry) error {
 		e.buf, e.items = e.buf[:0], e.items[:0]
-		_, err := e.deviceRecords(nil, "D", []Entry{en}, unlimited)
+		_, err := e.deviceRecords(nil, "D", "", []Entry{en}, unlimited)
 		return err
 	}
 	many := func(dup bool) []Point {

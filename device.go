@@ -21,8 +21,9 @@ const (
 // for concurrent use, and stays valid after Disconnect: publishing through
 // it again makes ThingsBoard reconnect the device implicitly.
 type Device struct {
-	g    *Gateway
-	name string
+	g      *Gateway
+	name   string
+	quoted string // name as a JSON string, quoted once for all its calls
 }
 
 // Name returns the device's ThingsBoard name; after ThingsBoard renamed
@@ -70,12 +71,14 @@ func (g *Gateway) Connect(ctx context.Context, name string, opts ...ConnectOptio
 	if err := g.publish(ctx, r); err != nil {
 		return nil, err
 	}
-	return &Device{g: g, name: name}, nil
+	return g.Device(name), nil
 }
 
 // Device returns a handle for name without announcing it. ThingsBoard
 // creates an unknown device with the "default" profile on its first data.
-func (g *Gateway) Device(name string) *Device { return &Device{g: g, name: name} }
+func (g *Gateway) Device(name string) *Device {
+	return &Device{g: g, name: name, quoted: string(jsonx.AppendString(nil, name))}
+}
 
 // Disconnect tells ThingsBoard on v1/gateway/disconnect that the device is
 // gone; the server stops sending it RPCs and attribute updates until it is

@@ -46,6 +46,21 @@ func TestDeviceRenamedAndDeleted(t *testing.T) {
 	assert.Empty(t, srv.Rejections())
 }
 
+// TestDeviceHandleName: a handle quotes its name once for all its calls;
+// names that need escaping arrive as they were given.
+func TestDeviceHandleName(t *testing.T) {
+	srv := tbtest.NewServer(t)
+	g := dialTB(t, srv)
+	ctx := ctxT(t)
+	for _, name := range []string{`Pump "7"`, "Line\u2028Sep", "Tab\there", "Ünïcode ✓", `back\slash`} {
+		d := g.Device(name)
+		require.NoError(t, d.PublishTelemetry(ctx, tb.Entry{TS: 1, Points: []tb.Point{tb.Int("n", 1)}}))
+		require.NoError(t, d.PublishTelemetryAsync(ctx, nil, tb.Entry{TS: 2, Points: []tb.Point{tb.Int("n", 2)}}))
+		require.NoError(t, srv.WaitFor(ctx, func() bool { return srv.TelemetryCount(name) == 2 }), name)
+	}
+	assert.Empty(t, srv.Rejections())
+}
+
 func TestConnectionListener(t *testing.T) {
 	srv := tbtest.NewServer(t)
 	var mu sync.Mutex

@@ -174,7 +174,11 @@ func (d *Device) PublishTelemetryAsync(ctx context.Context, done func(error), en
 func (d *Device) records(entries []Entry) ([]*outbox.Record, error) {
 	e := getEncoder()
 	defer e.release()
-	return e.deviceRecords(nil, d.Name(), entries, d.g.limit())
+	name, quoted := d.Name(), d.quoted
+	if name != d.name {
+		quoted = "" // renamed by the server
+	}
+	return e.deviceRecords(nil, name, quoted, entries, d.g.limit())
 }
 
 // PublishTelemetry sends the gateway's own telemetry on
@@ -295,22 +299,23 @@ func (e *encoder) telemetryRecords(t Telemetry, lim sizeLimit) ([]*outbox.Record
 	}
 	if len(t) == 1 { // the common case needs no sorting
 		for name, entries := range t {
-			return e.deviceRecords(nil, name, entries, lim)
+			return e.deviceRecords(nil, name, "", entries, lim)
 		}
 	}
 	e.names = sortedNames(e.names, t)
 	recs := make([]*outbox.Record, 0, len(e.names))
 	for _, name := range e.names {
 		var err error
-		if recs, err = e.deviceRecords(recs, name, t[name], lim); err != nil {
+		if recs, err = e.deviceRecords(recs, name, "", t[name], lim); err != nil {
 			return nil, err
 		}
 	}
 	return recs, nil
 }
 
-// deviceRecords encodes one device's entries.
-func (e *encoder) deviceRecords(recs []*outbox.Record, name string, entries []Entry, lim sizeLimit) ([]*outbox.Record, error) {
+// deviceRecords encodes one device's entries. quoted is the name as a JSON
+// string, or "" to have it quoted here.
+func (e *encoder) deviceRecords(recs []*outbox.Record, name, quoted string, entries []Entry, lim sizeLimit) ([]*outbox.Record, error) {
 	if err := checkDeviceName(name); err != nil {
 		return nil, err
 	}
@@ -328,17 +333,19 @@ func (e *encoder) deviceRecords(recs []*outbox.Record, name string, entries []En
 		}
 		e.items = append(e.items, item{start, len(e.buf), entries[i].points()})
 	}
-	return e.split(recs, outbox.Telemetry, name, lim)
+	if quoted == "" {
+		quoted = quotedName(name)
+	}
+	return e.split(recs, outbox.Telemetry, name, quoted, lim)
 }
 
 // item is one encoded entry or attribute in e.buf.
 type item struct{ start, end, points int }
 
-// split cuts the items in e.buf into records of one device that each fit in
-// a message alone, counting sizes on the encoded bytes. An item that cannot
+// split cuts the items in e.buf into records of device name (dev quoted)
+// that each fit in a message alone, counting sizes on the encoded bytes. An item that cannot
 // fit even alone is refused with a *PayloadTooLargeError.
-func (e *encoder) split(recs []*outbox.Record, kind outbox.Kind, name string, lim sizeLimit) ([]*outbox.Record, error) {
-	dev := quotedName(name)
+func (e *encoder) split(recs []*outbox.Record, kind outbox.Kind, name, dev string, lim sizeLimit) ([]*outbox.Record, error) {
 	fixed := outbox.Overhead(kind.Topic(), lim.qos) + len(dev) + 5 // {"dev":[...]}
 	first, size, points := 0, fixed, 0
 	flush := func(last int) {
