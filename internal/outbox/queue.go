@@ -185,7 +185,7 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 
 // Peek returns up to max records from the head without removing them, and
 // a channel that receives when records are added (the queue has one
-// consumer). The slice is valid until the next Peek.
+// consumer). The slice is valid until the next Peek or Remove.
 func (q *Queue) Peek(max int) ([]*Record, <-chan struct{}) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
