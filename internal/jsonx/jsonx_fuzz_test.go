@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"reflect"
 	"strconv"
 	"strings"
@@ -319,6 +320,13 @@ func checkFloat(t *testing.T, v float64, bits int) {
 	if !json.Valid([]byte(s)) {
 		t.Fatalf("AppendFloat(%v, %d) = %q is not a JSON number", v, bits, s)
 	}
+	if a := math.Abs(v); bits == 64 && v != math.Trunc(v) && a >= 1e-6 && a < 1e21 {
+		// The shortest digits, as strconv writes them (the fast path for
+		// short decimals must agree).
+		if want := strconv.FormatFloat(v, 'f', -1, 64); s != want {
+			t.Fatalf("AppendFloat(%v) = %q, want the shortest form %q", v, s, want)
+		}
+	}
 	if v == math.Trunc(v) && (!strings.Contains(s, ".") || strings.ContainsAny(s, "eE")) {
 		t.Fatalf("AppendFloat(%v, %d) = %q: an integral float needs a '.' and no exponent, or the server stores a long", v, bits, s)
 	}
@@ -329,6 +337,27 @@ func checkFloat(t *testing.T, v float64, bits int) {
 		d, err := Decode([]byte(s))
 		if g, ok := d.(float64); err != nil || !ok || math.Float64bits(g) != math.Float64bits(v) {
 			t.Fatalf("Decode(%q) = %T %v, %v; want float64 %v", s, d, d, err, v)
+		}
+	}
+}
+
+// TestShortFloatsMatchStrconv sweeps the decimals the fast path writes
+// (up to six places, below 10⁹): each must be strconv's shortest form.
+func TestShortFloatsMatchStrconv(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for i := 0; i < 300_000; i++ {
+		places := rng.IntN(7)
+		n := rng.Int64N(2_000_000_000_000_000) - 1_000_000_000_000_000
+		v := float64(n/int64(math.Pow10(9-places))) / math.Pow10(places)
+		if v == math.Trunc(v) || math.Abs(v) >= 1e9 {
+			continue
+		}
+		got, err := AppendFloat(nil, v, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := strconv.FormatFloat(v, 'f', -1, 64); string(got) != want {
+			t.Fatalf("AppendFloat(%v) = %q, want %q", v, got, want)
 		}
 	}
 }
