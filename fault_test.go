@@ -258,6 +258,58 @@ func TestFaultBrokerRestarts(t *testing.T) {
 	assert.LessOrEqual(t, dups, int(st.Resent)*maxPointsPerMessage, "duplicates come only from re-sent messages")
 }
 
+// TestFaultLingerStream is the fault stream in the other shape: one entry
+// per call, coalesced with a linger, through server restarts and cut
+// connections. Every point arrives, and the last copy of each in order.
+// (Re-queueing between the sender's Peek and Remove, which a linger
+// widens, is tested directly in outbox: faults rarely land in it.)
+func TestFaultLingerStream(t *testing.T) {
+	plan := streamPlan{devices: 50, entries: 2000, batch: 1}
+	srv := tbtest.NewServer(t)
+	g := dialTB(t, srv, tb.WithCoalescing(5*time.Millisecond), tb.WithMaxReconnectDelay(50*time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	var streaming atomic.Bool
+	streaming.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		err := plan.stream(ctx, g)
+		streaming.Store(false)
+		done <- err
+	}()
+	faults, midStream := 0, 0
+	total := uint64(plan.devices * plan.entries)
+	for faults < 6 && streaming.Load() {
+		for want := total * uint64(faults+1) / 8; streaming.Load() && g.Stats().DataPoints < want; {
+			time.Sleep(time.Millisecond)
+		}
+		if faults%2 == 1 && srv.DropConnection(tbtest.DefaultToken) {
+			faults++
+		} else if faults%2 == 0 {
+			require.NoError(t, srv.Restart())
+			faults++
+		}
+		if streaming.Load() {
+			midStream++
+		}
+	}
+	require.NoError(t, <-done)
+	dups, reorders := plan.verify(t, true, func(dev string) []int64 {
+		var out []int64
+		for _, p := range srv.Series(dev, "n") {
+			out = append(out, p.Value.(int64))
+		}
+		return out
+	})
+	st := g.Stats()
+	t.Logf("%d points in one-entry calls, linger 5ms: %d faults (%d mid-stream, %d reconnects), %d messages re-sent, %d duplicate points, %d late messages, 0 lost",
+		total, faults, midStream, st.Reconnects, st.Resent, dups, reorders)
+	assert.GreaterOrEqual(t, midStream, 4, "the faults must hit the stream")
+	assert.LessOrEqual(t, dups, int(st.Resent)*maxPointsPerMessage, "duplicates come only from re-sent messages")
+	assert.Empty(t, srv.Rejections())
+}
+
 // maxPointsPerMessage bounds the points of one 64 KiB message of the fault
 // workload: its smallest entry, {"ts":1000000,"values":{"n":0}}, takes 31
 // bytes and a comma. Duplicates can only come from re-sent messages, at
