@@ -214,6 +214,61 @@ func TestQueueRing(t *testing.T) {
 	require.Equal(t, model, q.Close())
 }
 
+// TestQueueRingDropOldest is TestQueueRing for a small queue that evicts,
+// also while the consumer holds what it peeked: what it removes is what it
+// took and was not evicted, nothing else.
+func TestQueueRingDropOldest(t *testing.T) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(9, 10))
+	const max = 50
+	var dropped []*Record
+	q := NewQueue(max, 1<<30, DropOldest, func(r *Record) { dropped = append(dropped, r) })
+	var model []*Record
+	put := func(front bool) {
+		recs := make([]*Record, 1+rng.IntN(6))
+		for i := range recs {
+			recs[i] = &Record{Kind: Raw, Topic: "t", Body: []byte("x")}
+		}
+		require.NoError(t, q.Put(ctx, recs, front))
+		if front {
+			model = append(append([]*Record(nil), recs...), model...)
+			return
+		}
+		for len(model)+len(recs) > max {
+			require.Same(t, model[0], dropped[0], "the oldest is evicted")
+			model, dropped = model[1:], dropped[1:]
+		}
+		model = append(model, recs...)
+	}
+	for step := 0; step < 20000; step++ {
+		if rng.IntN(3) > 0 {
+			put(rng.IntN(8) == 0)
+			continue
+		}
+		got, _ := q.Peek(1 + rng.IntN(60))
+		require.Equal(t, model[:len(got)], got)
+		taken := append([]*Record(nil), got[:rng.IntN(len(got)+1)]...)
+		for range rng.IntN(3) {
+			put(rng.IntN(4) == 0) // evicting, perhaps, some of taken
+		}
+		gone := map[*Record]bool{}
+		for _, r := range taken {
+			gone[r] = true
+		}
+		rest := model[:0:0]
+		for _, r := range model {
+			if !gone[r] {
+				rest = append(rest, r)
+			}
+		}
+		model = rest
+		q.Remove(taken)
+		n, _ := q.Len()
+		require.Equal(t, len(model), n, "step %d", step)
+	}
+	require.Equal(t, model, q.Close())
+}
+
 // TestQueueRemoveAfterEviction: records the consumer took may be evicted
 // by DropOldest before it removes them; it removes the rest of them and
 // nothing else.

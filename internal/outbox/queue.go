@@ -211,8 +211,19 @@ func (q *Queue) Peek(max int) ([]*Record, <-chan struct{}) {
 func (q *Queue) Remove(taken []*Record) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(taken) > 0 && q.n > 0 && q.ring[q.head] == taken[0] {
-		for range min(len(taken), q.n) {
+	// Usually taken is at the head. DropOldest evicts from the head, so
+	// after evictions the rest of it may be: found in one pass over taken,
+	// where looking for each evicted record in the whole queue would take
+	// a pass over the queue each.
+	i := 0
+	for i < len(taken) && q.n > 0 && q.ring[q.head] != taken[i] {
+		i++
+	}
+	if i < len(taken) {
+		for _, r := range taken[i:] {
+			if q.n == 0 || q.ring[q.head] != r {
+				break
+			}
 			q.popHead()
 		}
 	} else {
@@ -233,8 +244,8 @@ func (q *Queue) Remove(taken []*Record) {
 	}
 }
 
-// removeMoved removes taken where it is now: behind records put in front,
-// or partly evicted.
+// removeMoved removes taken where it is now: behind records put in front
+// (and partly evicted, perhaps).
 func (q *Queue) removeMoved(taken []*Record) {
 	for i, r := range taken {
 		k := 0
