@@ -44,7 +44,9 @@ const (
 	// FailFast returns ErrQueueFull at once.
 	FailFast
 	// DropOldest evicts the oldest queued data, whose callers get
-	// ErrDropped; evictions are counted in Stats.Dropped.
+	// ErrDropped; evictions are counted in Stats.Dropped. Data the sender
+	// is already packing into a message is being sent and is not evicted;
+	// when only that could make room, the call waits as with Block.
 	DropOldest
 )
 

@@ -214,9 +214,9 @@ func TestQueueRing(t *testing.T) {
 	require.Equal(t, model, q.Close())
 }
 
-// TestQueueRingDropOldest is TestQueueRing for a small queue that evicts,
-// also while the consumer holds what it peeked: what it removes is what it
-// took and was not evicted, nothing else.
+// TestQueueRingDropOldest is TestQueueRing for a small queue that evicts
+// while the consumer holds what it peeked: the oldest records it does not
+// hold go, and a Put that only those it holds could make room for waits.
 func TestQueueRingDropOldest(t *testing.T) {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(9, 10))
@@ -224,10 +224,18 @@ func TestQueueRingDropOldest(t *testing.T) {
 	var dropped []*Record
 	q := NewQueue(max, 1<<30, DropOldest, func(r *Record) { dropped = append(dropped, r) })
 	var model []*Record
+	lent := map[*Record]bool{}
 	put := func(front bool) {
 		recs := make([]*Record, 1+rng.IntN(6))
 		for i := range recs {
 			recs[i] = &Record{Kind: Raw, Topic: "t", Body: []byte("x")}
+		}
+		if !front && len(lent)+len(recs) > max {
+			short, cancel := context.WithTimeout(ctx, time.Millisecond)
+			defer cancel()
+			require.ErrorIs(t, q.Put(short, recs, false), context.DeadlineExceeded)
+			require.Empty(t, dropped, "evicted without making room")
+			return
 		}
 		require.NoError(t, q.Put(ctx, recs, front))
 		if front {
@@ -235,10 +243,15 @@ func TestQueueRingDropOldest(t *testing.T) {
 			return
 		}
 		for len(model)+len(recs) > max {
-			require.Same(t, model[0], dropped[0], "the oldest is evicted")
-			model, dropped = model[1:], dropped[1:]
+			i := 0
+			for lent[model[i]] {
+				i++
+			}
+			require.Same(t, model[i], dropped[0], "the oldest record not being sent is evicted")
+			model, dropped = append(model[:i:i], model[i+1:]...), dropped[1:]
 		}
 		model = append(model, recs...)
+		require.Empty(t, dropped)
 	}
 	for step := 0; step < 20000; step++ {
 		if rng.IntN(3) > 0 {
@@ -247,10 +260,14 @@ func TestQueueRingDropOldest(t *testing.T) {
 		}
 		got, _ := q.Peek(1 + rng.IntN(60))
 		require.Equal(t, model[:len(got)], got)
-		taken := append([]*Record(nil), got[:rng.IntN(len(got)+1)]...)
-		for range rng.IntN(3) {
-			put(rng.IntN(4) == 0) // evicting, perhaps, some of taken
+		for _, r := range got {
+			lent[r] = true
 		}
+		taken := append([]*Record(nil), got[:rng.IntN(len(got)+1)]...)
+		for range rng.IntN(4) {
+			put(rng.IntN(4) == 0)
+		}
+		// What was peeked stays in order; records put in front are ahead.
 		gone := map[*Record]bool{}
 		for _, r := range taken {
 			gone[r] = true
@@ -262,6 +279,7 @@ func TestQueueRingDropOldest(t *testing.T) {
 			}
 		}
 		model = rest
+		clear(lent)
 		q.Remove(taken)
 		n, _ := q.Len()
 		require.Equal(t, len(model), n, "step %d", step)
@@ -269,21 +287,27 @@ func TestQueueRingDropOldest(t *testing.T) {
 	require.Equal(t, model, q.Close())
 }
 
-// TestQueueRemoveAfterEviction: records the consumer took may be evicted
-// by DropOldest before it removes them; it removes the rest of them and
-// nothing else.
-func TestQueueRemoveAfterEviction(t *testing.T) {
+// TestQueueDropOldestSparesLent: records the consumer has peeked are being
+// sent; DropOldest evicts the oldest of the others, and waits when only
+// those could make room.
+func TestQueueDropOldestSparesLent(t *testing.T) {
 	ctx := context.Background()
 	r := func() *Record { return &Record{Kind: Raw, Topic: "t", Body: []byte("x")} }
-	q := NewQueue(4, 1000, DropOldest, nil)
+	var dropped []*Record
+	q := NewQueue(4, 1000, DropOldest, func(x *Record) { dropped = append(dropped, x) })
 	a, b, c, d := r(), r(), r(), r()
 	require.NoError(t, q.Put(ctx, []*Record{a, b, c, d}, false))
 	got, _ := q.Peek(3)
 	taken := append([]*Record(nil), got...) // a b c
 	e := r()
-	require.NoError(t, q.Put(ctx, []*Record{e}, false)) // evicts a
+	require.NoError(t, q.Put(ctx, []*Record{e}, false)) // evicts d, not a
+	assert.Equal(t, []*Record{d}, dropped)
+	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancel()
+	assert.ErrorIs(t, q.Put(short, []*Record{r(), r()}, false), context.DeadlineExceeded, "only a, b, c could make room")
+	assert.Equal(t, []*Record{d}, dropped, "nothing evicted for a Put that waited")
 	q.Remove(taken)
-	assert.Equal(t, []*Record{d, e}, q.Close())
+	assert.Equal(t, []*Record{e}, q.Close())
 }
 
 // TestQueueFrontIgnoresBounds: everything taken back from the connection

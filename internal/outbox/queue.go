@@ -14,7 +14,8 @@ const (
 	Block Policy = iota
 	// FailFast refuses the new records at once.
 	FailFast
-	// DropOldest evicts the oldest queued records to make room.
+	// DropOldest evicts the oldest queued records to make room, sparing
+	// those the consumer holds from Peek.
 	DropOldest
 )
 
@@ -34,7 +35,9 @@ type Queue struct {
 	// and copies of a slice appended at one end and cut at the other.
 	ring     []*Record
 	head, n  int
-	wrapped  []*Record // Peek's copy of records that wrap around
+	wrapped  []*Record // Peek's copy of records that wrap around, or lent
+	lentN    int       // records of wrapped lent to the consumer (DropOldest)
+	lentCost int       // their bytes
 	bytes    int
 	maxMsgs  int
 	maxBytes int
@@ -104,13 +107,18 @@ func (q *Queue) copyTo(dst []*Record) {
 // popHead removes the oldest record and returns it.
 func (q *Queue) popHead() *Record {
 	r := q.ring[q.head]
+	q.dropHead()
+	q.bytes -= r.Cost()
+	return r
+}
+
+// dropHead frees the head slot; the caller accounts for the bytes.
+func (q *Queue) dropHead() {
 	q.ring[q.head] = nil
 	if q.head++; q.head == len(q.ring) {
 		q.head = 0
 	}
 	q.n--
-	q.bytes -= r.Cost()
-	return r
 }
 
 // Put appends recs, all or none, applying the policy when full. front puts
@@ -131,14 +139,18 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 			q.mu.Unlock()
 			return ErrFull
 		case DropOldest:
-			for !q.fits(len(recs), cost) && q.n > 0 {
-				r := q.popHead()
-				q.dropped++
-				if q.onDrop != nil {
-					q.onDrop(r)
+			// Evict only if that makes room: what the consumer holds is
+			// being sent, not evicted, and otherwise frees room soon.
+			if q.lentN+len(recs) <= q.maxMsgs && q.lentCost+cost <= q.maxBytes {
+				for !q.fits(len(recs), cost) {
+					r := q.evictOldest()
+					q.dropped++
+					if q.onDrop != nil {
+						q.onDrop(r)
+					}
 				}
+				continue
 			}
-			continue
 		}
 		if q.space == nil {
 			q.space = make(chan struct{})
@@ -190,88 +202,110 @@ func (q *Queue) Peek(max int) ([]*Record, <-chan struct{}) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.peeked = true
+	q.release()
 	n := min(q.n, max)
-	if q.head+n <= len(q.ring) {
+	if q.head+n <= len(q.ring) && q.policy != DropOldest {
 		return q.ring[q.head : q.head+n : q.head+n], q.notify
 	}
+	// A copy where the records wrap around the ring's end, and always under
+	// DropOldest: evictions move the records the consumer holds.
 	if cap(q.wrapped) < n {
 		q.wrapped = make([]*Record, 0, n)
 	}
 	q.wrapped = q.wrapped[:n]
-	first := len(q.ring) - q.head
-	copy(q.wrapped, q.ring[q.head:])
+	first := min(n, len(q.ring)-q.head)
+	copy(q.wrapped, q.ring[q.head:q.head+first])
 	copy(q.wrapped[first:], q.ring[:n-first])
+	if q.policy == DropOldest {
+		// The consumer may pack any of these: they are being sent, no
+		// longer the oldest queued data.
+		for _, r := range q.wrapped {
+			r.lent = true
+			q.lentCost += r.Cost()
+		}
+		q.lentN = n
+	}
 	return q.wrapped[:n:n], q.notify
+}
+
+// release ends the loan of the records of the last Peek.
+func (q *Queue) release() {
+	if len(q.wrapped) == 0 {
+		return
+	}
+	for _, r := range q.wrapped {
+		r.lent = false
+	}
+	q.lentN, q.lentCost = 0, 0
+	clear(q.wrapped) // hold no records for the GC
+	q.wrapped = q.wrapped[:0]
+}
+
+// evictOldest removes and returns the oldest record the consumer does not
+// hold; there must be one.
+func (q *Queue) evictOldest() *Record {
+	k := 0
+	for q.ring[q.slot(k)].lent {
+		k++
+	}
+	r := q.ring[q.slot(k)]
+	for j := k; j > 0; j-- {
+		q.ring[q.slot(j)] = q.ring[q.slot(j-1)]
+	}
+	q.dropHead()
+	q.bytes -= r.Cost()
+	return r
 }
 
 // Remove drops taken, the first records of the consumer's last Peek, once
 // it has them in a message. Records put in front since then (taken back
-// from the connection) stay ahead of the rest; records DropOldest evicted
-// since are gone already.
+// from the connection) stay ahead of the rest.
 func (q *Queue) Remove(taken []*Record) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	// Usually taken is at the head. DropOldest evicts from the head, so
-	// after evictions the rest of it may be: found in one pass over taken,
-	// where looking for each evicted record in the whole queue would take
-	// a pass over the queue each.
-	i := 0
-	for i < len(taken) && q.n > 0 && q.ring[q.head] != taken[i] {
-		i++
-	}
-	if i < len(taken) {
-		for _, r := range taken[i:] {
-			if q.n == 0 || q.ring[q.head] != r {
-				break
-			}
+	if len(taken) > 0 && q.n > 0 && q.ring[q.head] == taken[0] {
+		for range min(len(taken), q.n) {
 			q.popHead()
 		}
 	} else {
 		q.removeMoved(taken)
 	}
-	if len(q.wrapped) > 0 {
-		clear(q.wrapped) // hold no records for the GC
-		q.wrapped = q.wrapped[:0]
-	}
+	q.release()
 	if q.n == 0 && len(q.ring) > 1<<16 {
 		q.ring, q.head = nil, 0 // a long outage is over: give its memory back
 	}
 	// Blocked producers are woken only once an eighth of the queue is free
 	// again: waking all of them for every record taken makes a herd that
-	// costs more than the sending.
-	if q.space != nil && q.n <= q.maxMsgs-q.maxMsgs/8 && q.bytes <= q.maxBytes-q.maxBytes/8 {
+	// costs more than the sending. Under DropOldest, those that waited
+	// for the consumer's records can evict others now.
+	if q.space != nil && (q.policy == DropOldest || q.n <= q.maxMsgs-q.maxMsgs/8 && q.bytes <= q.maxBytes-q.maxBytes/8) {
 		q.wakeProducers()
 	}
 }
 
-// removeMoved removes taken where it is now: behind records put in front
-// (and partly evicted, perhaps).
+// removeMoved removes taken from behind the records put in front of it.
 func (q *Queue) removeMoved(taken []*Record) {
-	for i, r := range taken {
-		k := 0
-		for k < q.n && q.ring[q.slot(k)] != r {
-			k++
-		}
-		if k == q.n {
-			continue // evicted
-		}
-		// taken[i:] lies at k, k+1...: close the gap by moving the k
-		// records ahead of it back by its length.
-		m := 0
-		for m < len(taken)-i && k+m < q.n && q.ring[q.slot(k+m)] == taken[i+m] {
-			q.bytes -= taken[i+m].Cost()
-			m++
-		}
-		for j := k - 1; j >= 0; j-- {
-			q.ring[q.slot(j+m)] = q.ring[q.slot(j)]
-		}
-		for j := range m {
-			q.ring[q.slot(j)] = nil
-		}
-		q.head = q.slot(m)
-		q.n -= m
+	if len(taken) == 0 {
 		return
 	}
+	k := 0
+	for k < q.n && q.ring[q.slot(k)] != taken[0] {
+		k++
+	}
+	m := 0
+	for m < len(taken) && k+m < q.n && q.ring[q.slot(k+m)] == taken[m] {
+		q.bytes -= taken[m].Cost()
+		m++
+	}
+	// Close the gap: the k records ahead of taken move back by its length.
+	for j := k - 1; j >= 0; j-- {
+		q.ring[q.slot(j+m)] = q.ring[q.slot(j)]
+	}
+	for j := range m {
+		q.ring[q.slot(j)] = nil
+	}
+	q.head = q.slot(m)
+	q.n -= m
 }
 
 // Len returns the queued records and bytes.
