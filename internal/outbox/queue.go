@@ -36,8 +36,6 @@ type Queue struct {
 	ring     []*Record
 	head, n  int
 	wrapped  []*Record // Peek's copy of records that wrap around, or lent
-	lentN    int       // records of wrapped lent to the consumer (DropOldest)
-	lentCost int       // their bytes
 	bytes    int
 	maxMsgs  int
 	maxBytes int
@@ -49,6 +47,11 @@ type Queue struct {
 	dropped  uint64
 	added    uint64 // records Put at the tail, counted under the lock Put holds anyway
 	onDrop   func(r *Record)
+
+	// Under DropOldest, the records of the consumer's last Peek are lent
+	// to it: lentN of them, lentCost bytes, in one run from index lentAt
+	// (front puts go before them, evictions around them).
+	lentAt, lentN, lentCost int
 }
 
 // NewQueue returns a queue holding at most maxMsgs records and maxBytes
@@ -173,6 +176,7 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 		if q.head -= len(recs); q.head < 0 {
 			q.head += len(q.ring)
 		}
+		q.lentAt += len(recs)
 		for i, r := range recs {
 			q.ring[q.slot(i)] = r
 		}
@@ -220,10 +224,9 @@ func (q *Queue) Peek(max int) ([]*Record, <-chan struct{}) {
 		// The consumer may pack any of these: they are being sent, no
 		// longer the oldest queued data.
 		for _, r := range q.wrapped {
-			r.lent = true
 			q.lentCost += r.Cost()
 		}
-		q.lentN = n
+		q.lentAt, q.lentN = 0, n
 	}
 	return q.wrapped[:n:n], q.notify
 }
@@ -233,10 +236,7 @@ func (q *Queue) release() {
 	if len(q.wrapped) == 0 {
 		return
 	}
-	for _, r := range q.wrapped {
-		r.lent = false
-	}
-	q.lentN, q.lentCost = 0, 0
+	q.lentAt, q.lentN, q.lentCost = 0, 0, 0
 	clear(q.wrapped) // hold no records for the GC
 	q.wrapped = q.wrapped[:0]
 }
@@ -244,10 +244,14 @@ func (q *Queue) release() {
 // evictOldest removes and returns the oldest record the consumer does not
 // hold; there must be one.
 func (q *Queue) evictOldest() *Record {
-	k := 0
-	for q.ring[q.slot(k)].lent {
-		k++
+	if q.lentAt > 0 || q.lentN == 0 {
+		if q.lentAt > 0 {
+			q.lentAt--
+		}
+		return q.popHead()
 	}
+	// The run lent from the head moves up by one over the evicted record.
+	k := q.lentN
 	r := q.ring[q.slot(k)]
 	for j := k; j > 0; j-- {
 		q.ring[q.slot(j)] = q.ring[q.slot(j-1)]

@@ -42,11 +42,7 @@ type Record struct {
 	// Isolate keeps the record out of merged messages: it was part of a
 	// message the server kept rejecting, and must be tried alone.
 	Isolate bool
-	// lent marks a record the queue's consumer holds from its last Peek
-	// (under DropOldest only, which does not evict it); the queue's lock
-	// guards it.
-	lent  bool
-	Topic string // Raw only; the mergeable kinds have a fixed topic
+	Topic   string // Raw only; the mergeable kinds have a fixed topic
 	// Device is the device name as a JSON string, quotes included, for the
 	// mergeable kinds.
 	Device string
