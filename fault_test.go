@@ -56,6 +56,52 @@ func (p streamPlan) stream(ctx context.Context, g *tb.Gateway) error {
 	return nil
 }
 
+// streamThroughFaults streams the plan and meanwhile calls fault up to n
+// times, each once another eighth of the points is acknowledged: the
+// faults are spread over the stream whatever its speed. fault reports
+// whether the fault took place (it is tried again if not). It returns once
+// the stream is done, with the faults made and how many of them came while
+// it was still running.
+func (p streamPlan) streamThroughFaults(ctx context.Context, t *testing.T, g *tb.Gateway, n int, fault func(i int) bool) (faults, midStream int) {
+	t.Helper()
+	var streaming atomic.Bool
+	streaming.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		err := p.stream(ctx, g)
+		streaming.Store(false)
+		done <- err
+	}()
+	total := uint64(p.devices * p.entries)
+	for faults < n && streaming.Load() {
+		for want := total * uint64(faults+1) / 8; streaming.Load() && g.Stats().DataPoints < want; {
+			time.Sleep(time.Millisecond)
+		}
+		if !fault(faults) {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		faults++
+		if streaming.Load() {
+			midStream++
+		}
+	}
+	require.NoError(t, <-done)
+	return faults, midStream
+}
+
+// seriesOf reads the plan's points of a device from a tbtest server, in
+// the order they arrived.
+func seriesOf(srv *tbtest.Server) func(dev string) []int64 {
+	return func(dev string) []int64 {
+		var out []int64
+		for _, p := range srv.Series(dev, "n") {
+			out = append(out, p.Value.(int64))
+		}
+		return out
+	}
+}
+
 // verify checks that every point of every device arrived and, with
 // checkOrder, that the last copies of a device's points arrived in order.
 // It returns the number of duplicates and of early arrivals: runs of points
@@ -172,13 +218,7 @@ func TestFaultServerRestarts(t *testing.T) {
 		}
 	}
 
-	dups, reorders := plan.verify(t, true, func(dev string) []int64 {
-		var out []int64
-		for _, p := range srv.Series(dev, "n") {
-			out = append(out, p.Value.(int64))
-		}
-		return out
-	})
+	dups, reorders := plan.verify(t, true, seriesOf(srv))
 	st := g.Stats()
 	t.Logf("tbtest: %d points sent, %d faults (%d mid-stream, %d reconnects), %d messages re-sent, %d duplicate points, %d late messages, 0 lost, %d RPCs answered",
 		plan.devices*plan.entries, faults, midStream, st.Reconnects, st.Resent, dups, reorders, answered.Load())
@@ -205,31 +245,12 @@ func TestFaultBrokerRestarts(t *testing.T) {
 	require.NoError(t, err)
 	defer g.Close(context.Background())
 
-	var streaming atomic.Bool
-	streaming.Store(true)
-	done := make(chan error, 1)
-	go func() {
-		err := plan.stream(ctx, g)
-		streaming.Store(false)
-		done <- err
-	}()
-	restarts, midStream := 0, 0
-	total := uint64(plan.devices * plan.entries)
-	for restarts < 6 && streaming.Load() {
-		// Spread the restarts over the stream, whatever its speed: each
-		// waits for another eighth of the points to be acknowledged.
-		for want := total * uint64(restarts+1) / 8; streaming.Load() && g.Stats().DataPoints < want; {
-			time.Sleep(2 * time.Millisecond)
-		}
+	restarts, midStream := plan.streamThroughFaults(ctx, t, g, 6, func(int) bool {
 		b.Stop()
 		time.Sleep(30 * time.Millisecond)
 		require.NoError(t, b.Start())
-		restarts++
-		if streaming.Load() {
-			midStream++
-		}
-	}
-	require.NoError(t, <-done)
+		return true
+	})
 	b.WaitQuiet(300*time.Millisecond, time.Minute)
 	t.Logf("stats after stream: %+v", g.Stats())
 
@@ -270,38 +291,15 @@ func TestFaultLingerStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	var streaming atomic.Bool
-	streaming.Store(true)
-	done := make(chan error, 1)
-	go func() {
-		err := plan.stream(ctx, g)
-		streaming.Store(false)
-		done <- err
-	}()
-	faults, midStream := 0, 0
-	total := uint64(plan.devices * plan.entries)
-	for faults < 6 && streaming.Load() {
-		for want := total * uint64(faults+1) / 8; streaming.Load() && g.Stats().DataPoints < want; {
-			time.Sleep(time.Millisecond)
+	faults, midStream := plan.streamThroughFaults(ctx, t, g, 6, func(i int) bool {
+		if i%2 == 1 {
+			return srv.DropConnection(tbtest.DefaultToken) // false while still reconnecting
 		}
-		if faults%2 == 1 && srv.DropConnection(tbtest.DefaultToken) {
-			faults++
-		} else if faults%2 == 0 {
-			require.NoError(t, srv.Restart())
-			faults++
-		}
-		if streaming.Load() {
-			midStream++
-		}
-	}
-	require.NoError(t, <-done)
-	dups, reorders := plan.verify(t, true, func(dev string) []int64 {
-		var out []int64
-		for _, p := range srv.Series(dev, "n") {
-			out = append(out, p.Value.(int64))
-		}
-		return out
+		require.NoError(t, srv.Restart())
+		return true
 	})
+	total := plan.devices * plan.entries
+	dups, reorders := plan.verify(t, true, seriesOf(srv))
 	st := g.Stats()
 	t.Logf("%d points in one-entry calls, linger 5ms: %d faults (%d mid-stream, %d reconnects), %d messages re-sent, %d duplicate points, %d late messages, 0 lost",
 		total, faults, midStream, st.Reconnects, st.Resent, dups, reorders)
