@@ -864,7 +864,7 @@ func (g *Gateway) sendLoop() {
 		lim := g.limit()
 		msg, n := packer.Pack(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
 		// Linger: give other calls a moment to add to a message that is
-		// not full yet.
+		// not full yet, then look again from the top.
 		if g.opts.linger > 0 && recs[0].Kind != outbox.Raw && n == len(recs) {
 			if lingerHead != recs[0] {
 				lingerHead, lingerUntil = recs[0], time.Now().Add(g.opts.linger)
@@ -879,29 +879,42 @@ func (g *Gateway) sendLoop() {
 					return
 				}
 				t.Stop()
-				if time.Now().Before(lingerUntil) {
-					continue
-				}
-				recs, _ = g.queue.Peek(4096)
-				msg, n = packer.Pack(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
+				continue
 			}
 		}
-		g.queue.Remove(recs[:n])
 		if size := msg.Size(g.opts.qos); size > lim.max {
 			// Queued before the server lowered its limit.
-			g.failRecords(&msg, &PayloadTooLargeError{Topic: msg.Topic, Size: size, Limit: lim.max})
+			if g.queue.Take(recs[:n]) {
+				g.failRecords(&msg, &PayloadTooLargeError{Topic: msg.Topic, Size: size, Limit: lim.max})
+			}
 			continue
 		}
 		if err := g.pace(&msg); err != nil {
 			if g.closed() {
-				_ = g.queue.Put(context.Background(), msg.Records, true)
-				return
+				return // the records are still queued
 			}
-			g.failRecords(&msg, err)
+			if g.queue.Take(recs[:n]) {
+				g.failRecords(&msg, err)
+			}
+			continue
+		}
+		// The records stay queued until now: if the connection dropped
+		// while this waited (lingering, pacing), older data may have been
+		// put in front, or the queue is held until what paho re-sends is
+		// acknowledged. Sending this first would overtake that unseen.
+		if !g.isReady() || !g.queue.Take(recs[:n]) {
 			continue
 		}
 		g.transmit(&msg)
 	}
+}
+
+// isReady reports whether the queue is released for the current
+// connection.
+func (g *Gateway) isReady() bool {
+	g.state.Lock()
+	defer g.state.Unlock()
+	return isClosed(g.ready)
 }
 
 // pace waits until ThingsBoard's rate limits admit m: telemetry and

@@ -201,7 +201,7 @@ func (q *Queue) Put(ctx context.Context, recs []*Record, front bool) error {
 
 // Peek returns up to max records from the head without removing them, and
 // a channel that receives when records are added (the queue has one
-// consumer). The slice is valid until the next Peek or Remove.
+// consumer). The slice is valid until the next Peek or Take.
 func (q *Queue) Peek(max int) ([]*Record, <-chan struct{}) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -261,18 +261,19 @@ func (q *Queue) evictOldest() *Record {
 	return r
 }
 
-// Remove drops taken, the first records of the consumer's last Peek, once
-// it has them in a message. Records put in front since then (taken back
-// from the connection) stay ahead of the rest.
-func (q *Queue) Remove(taken []*Record) {
+// Take removes taken, the first records of the consumer's last Peek, once
+// it has them in a message, if they are still at the head. It reports
+// false, removing nothing, when records were put in front since (taken
+// back from the connection): they are older and go first, so the
+// consumer must look again.
+func (q *Queue) Take(taken []*Record) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(taken) > 0 && q.n > 0 && q.ring[q.head] == taken[0] {
-		for range min(len(taken), q.n) {
-			q.popHead()
-		}
-	} else {
-		q.removeMoved(taken)
+	if len(taken) == 0 || q.n < len(taken) || q.ring[q.head] != taken[0] {
+		return false
+	}
+	for range taken {
+		q.popHead()
 	}
 	q.release()
 	if q.n == 0 && len(q.ring) > 1<<16 {
@@ -285,31 +286,7 @@ func (q *Queue) Remove(taken []*Record) {
 	if q.space != nil && (q.policy == DropOldest || q.n <= q.maxMsgs-q.maxMsgs/8 && q.bytes <= q.maxBytes-q.maxBytes/8) {
 		q.wakeProducers()
 	}
-}
-
-// removeMoved removes taken from behind the records put in front of it.
-func (q *Queue) removeMoved(taken []*Record) {
-	if len(taken) == 0 {
-		return
-	}
-	k := 0
-	for k < q.n && q.ring[q.slot(k)] != taken[0] {
-		k++
-	}
-	m := 0
-	for m < len(taken) && k+m < q.n && q.ring[q.slot(k+m)] == taken[m] {
-		q.bytes -= taken[m].Cost()
-		m++
-	}
-	// Close the gap: the k records ahead of taken move back by its length.
-	for j := k - 1; j >= 0; j-- {
-		q.ring[q.slot(j+m)] = q.ring[q.slot(j)]
-	}
-	for j := range m {
-		q.ring[q.slot(j)] = nil
-	}
-	q.head = q.slot(m)
-	q.n -= m
+	return true
 }
 
 // Len returns the queued records and bytes.
