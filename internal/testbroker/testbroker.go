@@ -39,6 +39,9 @@ type Broker struct {
 	server   *mqtt.Server
 	external bool
 	stop     sync.Once
+
+	mu     sync.Mutex
+	kicked map[string]*mqtt.Client // by Kick, until their session is gone
 }
 
 // Start returns the external broker if EnvBroker is set (it must be a
@@ -56,6 +59,10 @@ func Start(tb testing.TB) *Broker {
 	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
 		tb.Fatal(err)
 	}
+	b := &Broker{Name: "mochi", server: s, kicked: map[string]*mqtt.Client{}}
+	if err := s.AddHook(&kickGuard{b: b}, nil); err != nil {
+		tb.Fatal(err)
+	}
 	l := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
 	if err := s.AddListener(l); err != nil {
 		tb.Fatal(err)
@@ -63,9 +70,37 @@ func Start(tb testing.TB) *Broker {
 	if err := s.Serve(); err != nil {
 		tb.Fatal(err)
 	}
-	b := &Broker{URL: "tcp://" + l.Address(), Name: "mochi", server: s}
+	b.URL = "tcp://" + l.Address()
 	tb.Cleanup(b.Stop)
 	return b
+}
+
+// kickGuard holds a client that reconnects after Kick until the kicked
+// connection's clean session is gone. mochi clears a clean session when
+// its connection ends, by client id: if the same client has connected and
+// subscribed again by then, that removes the new connection from the
+// broker's clients, and nothing is delivered to it any more.
+type kickGuard struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *kickGuard) ID() string           { return "kick-guard" }
+func (h *kickGuard) Provides(b byte) bool { return b == mqtt.OnConnect }
+func (h *kickGuard) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	h.b.mu.Lock()
+	old := h.b.kicked[cl.ID]
+	delete(h.b.kicked, cl.ID)
+	h.b.mu.Unlock()
+	if old == nil || !old.Properties.Clean {
+		return nil
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if c, ok := h.b.server.Clients.Get(cl.ID); !ok || c != old {
+			return nil
+		}
+	}
+	return nil
 }
 
 // External reports whether the broker is the external one.
@@ -204,6 +239,9 @@ func (b *Broker) Kick(id string) bool {
 	if !ok {
 		return false
 	}
+	b.mu.Lock()
+	b.kicked[id] = cl
+	b.mu.Unlock()
 	cl.Stop(fmt.Errorf("testbroker: kicked"))
 	return true
 }
