@@ -79,6 +79,11 @@ func TestEncoderAllocatesNothingPerDataPoint(t *testing.T) {
 	if n := allocs(benchPointEntries(1, 5)); n != 0 {
 		t.Fatalf("%v allocations for one small entry of Points, want 0", n)
 	}
+	mixed := benchPointEntries(1, 5)
+	mixed[0].Values = Values{"v": 1.5}
+	if n := allocs(mixed); n != 0 {
+		t.Fatalf("%v allocations for one entry of Values and Points, want 0", n)
+	}
 	if small, large := allocs(benchPointEntries(20, 5)), allocs(benchPointEntries(400, 5)); small != large || small > 1 {
 		t.Fatalf("entries of Points: %v allocations for 100 data points, %v for 2000", small, large)
 	}

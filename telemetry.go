@@ -596,40 +596,47 @@ func (e *encoder) seen(k string, n int) bool {
 var errNoPointValue = errors.New("point without value (use Int64, Float64... to make one)")
 
 // checkPointKeys checks the keys of the entry's points and leaves them
-// quoted in e.pointQuoted. A stream repeats its keys call after call, so keys equal to
-// the last ones checked are known good and already quoted.
+// quoted in e.pointQuoted. A stream repeats its keys call after call, so
+// keys equal to the last ones checked are known good and already quoted;
+// only the entry's Values, if any, are checked against them anew.
 func (e *encoder) checkPointKeys(device string, en *Entry) error {
-	ps := en.Points
-	if len(en.Values) == 0 && len(ps) == len(e.pointKeys) {
-		same := true
-		for i := range ps {
-			if ps[i].Key != e.pointKeys[i] {
-				same = false
-				break
-			}
-		}
-		if same {
-			return nil
+	if !sameKeys(en.Points, e.pointKeys) {
+		e.pointKeys, e.pointQuoted = e.pointKeys[:0], e.pointQuoted[:0]
+		err := e.quotePointKeys(device, en.Points)
+		clear(e.pointSet)
+		if err != nil {
+			e.pointKeys = e.pointKeys[:0] // not for the next call
+			return err
 		}
 	}
-	e.pointKeys, e.pointQuoted = e.pointKeys[:0], e.pointQuoted[:0]
-	err := e.quotePointKeys(device, en)
-	clear(e.pointSet)
-	if err != nil || len(en.Values) > 0 {
-		// Not for the next call: they failed, or were checked against these
-		// Values only.
-		e.pointKeys = e.pointKeys[:0]
+	for _, k := range e.pointKeys {
+		if _, dup := en.Values[k]; dup {
+			return &ValueError{Device: device, Key: k, Err: fmt.Errorf("%w: key given twice", ErrInvalidKey)}
+		}
 	}
-	return err
+	return nil
 }
 
-func (e *encoder) quotePointKeys(device string, en *Entry) error {
-	for i := range en.Points {
-		k := en.Points[i].Key
+// sameKeys reports whether ps has exactly keys, in order.
+func sameKeys(ps []Point, keys []string) bool {
+	if len(ps) != len(keys) {
+		return false
+	}
+	for i := range ps {
+		if ps[i].Key != keys[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *encoder) quotePointKeys(device string, ps []Point) error {
+	for i := range ps {
+		k := ps[i].Key
 		if err := checkKey(device, k); err != nil {
 			return err
 		}
-		if _, dup := en.Values[k]; dup || e.seen(k, len(en.Points)) {
+		if e.seen(k, len(ps)) {
 			return &ValueError{Device: device, Key: k, Err: fmt.Errorf("%w: key given twice", ErrInvalidKey)}
 		}
 		e.pointKeys = append(e.pointKeys, k)
