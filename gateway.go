@@ -862,7 +862,7 @@ func (g *Gateway) sendLoop() {
 			continue
 		}
 		lim := g.limit()
-		msg, n := packer.Pack(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
+		n := packer.Plan(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
 		// Linger: give other calls a moment to add to a message that is
 		// not full yet, then look again from the top.
 		if g.opts.linger > 0 && recs[0].Kind != outbox.Raw && n == len(recs) {
@@ -882,6 +882,7 @@ func (g *Gateway) sendLoop() {
 				continue
 			}
 		}
+		msg := packer.Build()
 		if size := msg.Size(g.opts.qos); size > lim.max {
 			// Queued before the server lowered its limit.
 			if g.queue.Take(recs[:n]) {

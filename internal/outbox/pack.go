@@ -49,6 +49,10 @@ func Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool) (Message, 
 // so that a stream of messages allocates only their payloads and record
 // lists. It is for one goroutine.
 type Packer struct {
+	// The last Plan: its records, how many it took, their points, and
+	// the message's remaining length and its part besides the payload.
+	recs                      []*Record
+	n, points, size, overhead int
 	// groups are the devices of the message in first-appearance order, and
 	// next chains each record to the next one of its device (-1: none).
 	groups []group
@@ -77,19 +81,25 @@ func (p *Packer) find(dev string) int32 {
 	return -1
 }
 
-// Pack is the function Pack.
+// Pack is the function Pack: Plan, then Build.
 func (p *Packer) Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool) (Message, int) {
+	n := p.Plan(recs, limit, maxPoints, qos, merge)
+	return p.Build(), n
+}
+
+// Plan chooses the records of the next message from the head of recs, as
+// Pack does, and returns how many; Build makes the message. A sender that
+// waits for more data (a linger) decides on the count alone, without
+// building a payload it would throw away.
+func (p *Packer) Plan(recs []*Record, limit, maxPoints int, qos byte, merge bool) int {
 	head := recs[0]
-	if head.Kind == Raw {
-		return Message{Topic: head.Topic, Payload: head.Body, Records: []*Record{head}, Points: head.Points}, 1
-	}
-	topic := head.TopicOf()
-	size := Overhead(topic, qos) + 2 // braces
-	open, close := byte('['), byte(']')
-	if head.Kind == Attributes {
-		open, close = '{', '}'
-	}
+	p.recs, p.n, p.points = recs, 1, head.Points
 	p.groups, p.next = p.groups[:0], p.next[:0]
+	if head.Kind == Raw {
+		return 1
+	}
+	p.overhead = Overhead(head.TopicOf(), qos)
+	p.size = p.overhead + 2 // braces
 	n, points := 0, 0
 	for _, r := range recs {
 		if r.Kind != head.Kind || (n > 0 && (!merge || r.Isolate || head.Isolate)) {
@@ -103,10 +113,10 @@ func (p *Packer) Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool
 				add++
 			}
 		}
-		if n > 0 && (size+add > limit || (maxPoints > 0 && points+r.Points > maxPoints)) {
+		if n > 0 && (p.size+add > limit || (maxPoints > 0 && points+r.Points > maxPoints)) {
 			break
 		}
-		size += add
+		p.size += add
 		p.next = append(p.next, -1)
 		if gi >= 0 {
 			g := &p.groups[gi]
@@ -118,7 +128,24 @@ func (p *Packer) Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool
 		points += r.Points
 		n++
 	}
-	payload := make([]byte, 0, size-Overhead(topic, qos))
+	p.n, p.points = n, points
+	return n
+}
+
+// Build makes the message Plan chose.
+func (p *Packer) Build() Message {
+	recs, n := p.recs, p.n
+	p.recs = nil
+	head := recs[0]
+	if head.Kind == Raw {
+		return Message{Topic: head.Topic, Payload: head.Body, Records: []*Record{head}, Points: head.Points}
+	}
+	topic := head.TopicOf()
+	open, close := byte('['), byte(']')
+	if head.Kind == Attributes {
+		open, close = '{', '}'
+	}
+	payload := make([]byte, 0, p.size-p.overhead)
 	payload = append(payload, '{')
 	for i, g := range p.groups {
 		if i > 0 {
@@ -138,7 +165,7 @@ func (p *Packer) Pack(recs []*Record, limit, maxPoints int, qos byte, merge bool
 	payload = append(payload, '}')
 	clear(p.groups) // hold no device names until the next message
 	// Copy: recs aliases the queue, which clears the slots it gives up.
-	return Message{Topic: topic, Payload: payload, Records: append([]*Record(nil), recs[:n]...), Points: points}, n
+	return Message{Topic: topic, Payload: payload, Records: append([]*Record(nil), recs[:n]...), Points: p.points}
 }
 
 // indexLast adds the group just appended to the index once there are too
