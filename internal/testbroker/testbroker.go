@@ -9,6 +9,7 @@ package testbroker
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -225,7 +226,18 @@ func (p *Publisher) Publish(tb testing.TB, topic string, payload string) {
 // Stop shuts the embedded broker down, cutting every connection.
 func (b *Broker) Stop() {
 	if b.server != nil {
-		b.stop.Do(func() { _ = b.server.Close() })
+		b.stop.Do(func() {
+			// mochi 2.7.9's Close read-locks its clients twice over while a
+			// client that is going away may be waiting to delete itself:
+			// a deadlock. Let the clients go first.
+			for _, cl := range b.server.Clients.GetAll() {
+				cl.Stop(errors.New("testbroker: stopping"))
+			}
+			for deadline := time.Now().Add(time.Second); b.server.Clients.Len() > 0 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+			_ = b.server.Close()
+		})
 	}
 }
 
