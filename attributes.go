@@ -167,12 +167,12 @@ func (g *Gateway) RequestAttributes(ctx context.Context, device string, keys Att
 	var waits []sent
 	defer func() {
 		for _, w := range waits {
-			g.attrReqs.Remove(w.key)
+			g.req.attrReqs.Remove(w.key)
 		}
 	}()
 	for _, sc := range scopes {
 		key := attrKey{device, g.newID()}
-		ch, _ := g.attrReqs.Add(key)
+		ch, _ := g.req.attrReqs.Add(key)
 		waits = append(waits, sent{sc, key, ch})
 		var payload []byte
 		if g.opts.combinedAttrRequests {
@@ -185,7 +185,7 @@ func (g *Gateway) RequestAttributes(ctx context.Context, device string, keys Att
 		}
 	}
 	for _, w := range waits {
-		r, err := await(ctx, g, w.reply, func() { g.attrReqs.Remove(w.key) })
+		r, err := await(ctx, g, w.reply, func() { g.req.attrReqs.Remove(w.key) })
 		if err != nil {
 			return out, fmt.Errorf("tbgateway: attribute request %d for %q: %w", w.key.id, device, err)
 		}
@@ -271,7 +271,7 @@ func (g *Gateway) onAttributeResponse(payload []byte) {
 		g.malformed(topicGatewayAttrResponse, payload, err)
 		return
 	}
-	if !g.attrReqs.Resolve(key, r) {
+	if !g.req.attrReqs.Resolve(key, r) {
 		g.log.Debug("tbgateway: attribute response nobody waits for", "device", key.device, "request_id", key.id)
 	}
 }
@@ -321,9 +321,9 @@ type attrHandlers struct {
 // device that has no handler of its own (nil removes it). Updates reach the
 // gateway even before it subscribes, for every connected device.
 func (g *Gateway) OnAttributeUpdate(h AttributeHandler) {
-	g.mu.Lock()
-	g.attrH.all = h
-	g.mu.Unlock()
+	g.hs.mu.Lock()
+	g.hs.attr.all = h
+	g.hs.mu.Unlock()
 }
 
 // OnAttributeUpdate sets this device's own handler, which takes precedence
@@ -335,15 +335,15 @@ func (d *Device) OnAttributeUpdate(h AttributeHandler) { d.g.setDeviceAttrHandle
 func (s *GatewayDevice) OnAttributeUpdate(h AttributeHandler) { s.g.setDeviceAttrHandler("", h) }
 
 func (g *Gateway) setDeviceAttrHandler(device string, h AttributeHandler) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.attrH.perDevice == nil {
-		g.attrH.perDevice = make(map[string]AttributeHandler)
+	g.hs.mu.Lock()
+	defer g.hs.mu.Unlock()
+	if g.hs.attr.perDevice == nil {
+		g.hs.attr.perDevice = make(map[string]AttributeHandler)
 	}
 	if h == nil {
-		delete(g.attrH.perDevice, device)
+		delete(g.hs.attr.perDevice, device)
 	} else {
-		g.attrH.perDevice[device] = h
+		g.hs.attr.perDevice[device] = h
 	}
 }
 
@@ -359,7 +359,7 @@ func (g *Gateway) onAttributeUpdate(payload []byte) {
 	case err != nil:
 		g.malformed(topicGatewayAttributes, payload, err)
 	default:
-		g.deliverUpdate(u)
+		g.deliverUpdate(u, len(payload))
 	}
 }
 
@@ -401,7 +401,7 @@ func (g *Gateway) onSelfAttributeUpdate(payload []byte) {
 		g.malformed(topicSelfAttributes, payload, err)
 		return
 	}
-	g.deliverUpdate(splitUpdate("", m))
+	g.deliverUpdate(splitUpdate("", m), len(payload))
 }
 
 // splitUpdate separates changed and deleted ({"deleted":[...]})
@@ -426,21 +426,22 @@ func splitUpdate(device string, data map[string]any) AttributeUpdate {
 	return u
 }
 
-// deliverUpdate queues the handler call.
-func (g *Gateway) deliverUpdate(u AttributeUpdate) {
+// deliverUpdate queues the handler call; size is the payload's, counted
+// against the lane's byte bound.
+func (g *Gateway) deliverUpdate(u AttributeUpdate, size int) {
 	device := u.Device
-	g.mu.RLock()
-	h := g.attrH.perDevice[device]
+	g.hs.mu.RLock()
+	h := g.hs.attr.perDevice[device]
 	if h == nil && device != "" {
-		h = g.attrH.all
+		h = g.hs.attr.all
 	}
-	g.mu.RUnlock()
+	g.hs.mu.RUnlock()
 	if h == nil {
 		g.log.Debug("tbgateway: attribute update without handler", "device", device)
 		return
 	}
-	if !g.updates.Submit(func() { h(g.ctx, u) }) {
-		g.stats.dropped.Add(1)
+	if !g.lanes.updates.Submit(func() { h(g.ctx, u) }, size) {
+		g.stats.handlerDropped.Add(1)
 		g.log.Warn("tbgateway: attribute update dropped: handler queue full", "device", device)
 	}
 }
@@ -461,14 +462,14 @@ func (s *GatewayDevice) RequestAttributes(ctx context.Context, keys AttributeKey
 	ctx, cancel := g.requestContext(ctx)
 	defer cancel()
 	id := g.newOwnID()
-	ch, _ := g.selfAttrs.Add(id)
-	defer g.selfAttrs.Remove(id)
+	ch, _ := g.req.selfAttrs.Add(id)
+	defer g.req.selfAttrs.Remove(id)
 	b := encodeSelfAttrRequest(keys)
 	topic := topicSelfAttrRequestPrefix + strconv.Itoa(int(id))
 	if err := g.publish(ctx, &outbox.Record{Topic: topic, Body: b}); err != nil {
 		return out, err
 	}
-	raw, err := await(ctx, g, ch, func() { g.selfAttrs.Remove(id) })
+	raw, err := await(ctx, g, ch, func() { g.req.selfAttrs.Remove(id) })
 	if err != nil {
 		return out, fmt.Errorf("tbgateway: own attribute request %d: %w", id, err)
 	}
@@ -509,7 +510,7 @@ func (g *Gateway) onSelfAttributeResponse(idText string, payload []byte) {
 		g.malformed(topicSelfAttrResponsePrefix+idText, payload, err)
 		return
 	}
-	if !g.selfAttrs.Resolve(int32(id), payload) {
+	if !g.req.selfAttrs.Resolve(int32(id), payload) {
 		g.log.Debug("tbgateway: own attribute response nobody waits for", "request_id", id)
 	}
 }

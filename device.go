@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
-	"sync/atomic"
 	"time"
 
 	"github.com/thingsgate/tbgateway/internal/jsonx"
@@ -28,17 +26,13 @@ type Device struct {
 
 // Name returns the device's ThingsBoard name; after ThingsBoard renamed
 // the device (DeviceRenamed), the new one.
-func (d *Device) Name() string { return d.g.currentName(d.name) }
+func (d *Device) Name() string { return d.g.reg.current(d.name) }
 
 // Profile returns the device profile it was connected with, "" when it is
 // not connected through this gateway or was connected without a profile.
 func (d *Device) Profile() string {
-	d.g.mu.RLock()
-	defer d.g.mu.RUnlock()
-	if e := d.g.devices[d.g.currentNameLocked(d.name)]; e != nil {
-		return e.profile
-	}
-	return ""
+	p, _ := d.g.reg.profile(d.name)
+	return p
 }
 
 // ConnectOption configures Gateway.Connect.
@@ -106,24 +100,7 @@ type DeviceInfo struct {
 }
 
 // Devices returns the devices connected through this gateway, by name.
-func (g *Gateway) Devices() []DeviceInfo {
-	g.mu.RLock()
-	out := make([]DeviceInfo, 0, len(g.devices))
-	for n, e := range g.devices {
-		out = append(out, DeviceInfo{Name: n, Profile: e.profile})
-	}
-	g.mu.RUnlock()
-	slices.SortFunc(out, func(a, b DeviceInfo) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
-	return out
-}
+func (g *Gateway) Devices() []DeviceInfo { return g.reg.list() }
 
 // encodeConnect builds {"device":name[,"type":profile]}.
 func encodeConnect(name, profile string) []byte {
@@ -135,12 +112,6 @@ func encodeConnect(name, profile string) []byte {
 		b = jsonx.AppendString(b, profile)
 	}
 	return append(b, '}')
-}
-
-// deviceEntry is what the gateway remembers of a connected device.
-type deviceEntry struct {
-	profile    string
-	lastUplink atomic.Int64 // unix nanoseconds of the last acknowledged uplink
 }
 
 // DeviceEventKind says what happened to a device on the server's side.
@@ -170,7 +141,9 @@ type DeviceEvent struct {
 
 func (g *Gateway) deviceEvent(e DeviceEvent) {
 	if f := g.opts.onDevice; f != nil {
-		g.callbacks.Submit(func() { f(e) })
+		if !g.lanes.events.Submit(func() { f(e) }) {
+			g.stats.eventsLost.Add(1)
+		}
 	}
 }
 
@@ -209,12 +182,8 @@ func (g *Gateway) onDeviceNotice(req *RPCRequest) error {
 		if err := json.Unmarshal(req.Params, &name); err != nil || name == "" {
 			return fmt.Errorf("%w: %s params %s", ErrMalformedReply, req.Method, req.Params)
 		}
-		g.mu.Lock()
-		delete(g.devices, name)
-		delete(g.attrH.perDevice, name)
-		delete(g.rpcH.devices, name)
-		delete(g.rpcH.dMethods, name)
-		g.mu.Unlock()
+		g.reg.remove(name)
+		g.hs.forget(name)
 		g.log.Info("tbgateway: device deleted in ThingsBoard", "device", name)
 		g.deviceEvent(DeviceEvent{Kind: DeviceDeleted, Device: name})
 	}
@@ -225,53 +194,8 @@ func (g *Gateway) onDeviceNotice(req *RPCRequest) error {
 // and makes handles of old send under the new name. It reports whether the
 // device was connected, and with which profile.
 func (g *Gateway) renameDevice(old, renamed string) (profile string, connected bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if e, ok := g.devices[old]; ok {
-		delete(g.devices, old)
-		g.devices[renamed] = e
-		profile, connected = e.profile, true
-	}
-	if h, ok := g.attrH.perDevice[old]; ok {
-		delete(g.attrH.perDevice, old)
-		g.attrH.perDevice[renamed] = h
-	}
-	if h, ok := g.rpcH.devices[old]; ok {
-		delete(g.rpcH.devices, old)
-		g.rpcH.devices[renamed] = h
-	}
-	if h, ok := g.rpcH.dMethods[old]; ok {
-		delete(g.rpcH.dMethods, old)
-		g.rpcH.dMethods[renamed] = h
-	}
-	if g.renamed == nil {
-		g.renamed = map[string]string{}
-	}
-	g.renamed[old] = renamed
-	for k, v := range g.renamed {
-		if v == old { // a chain of renames
-			g.renamed[k] = renamed
-		}
-	}
-	g.hasRenames.Store(true)
-	return profile, connected
-}
-
-// currentName follows renames announced by the server.
-func (g *Gateway) currentName(name string) string {
-	if !g.hasRenames.Load() {
-		return name
-	}
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return g.currentNameLocked(name)
-}
-
-func (g *Gateway) currentNameLocked(name string) string {
-	if n, ok := g.renamed[name]; ok {
-		return n
-	}
-	return name
+	g.hs.rename(old, renamed)
+	return g.reg.rename(old, renamed)
 }
 
 // onDisconnectNotice handles the server's MQTT 5 notice that a device's
@@ -311,6 +235,7 @@ func decodeDisconnectNotice(payload []byte) (device string, reason int, echo boo
 // refreshLoop re-announces devices that sent nothing for the refresh
 // interval: ThingsBoard closes a sub-device session after 10 minutes
 // without uplinks, and the device then gets no RPC or attribute updates.
+// A refused enqueue (a full queue under FailFast) skips one round.
 func (g *Gateway) refreshLoop() {
 	every := g.opts.sessionRefresh / 4
 	t := time.NewTicker(every)
@@ -321,19 +246,14 @@ func (g *Gateway) refreshLoop() {
 			return
 		case <-t.C:
 		}
-		cutoff := time.Now().Add(-g.opts.sessionRefresh).UnixNano()
-		g.mu.RLock()
-		var quiet []DeviceInfo
-		for n, e := range g.devices {
-			if e.lastUplink.Load() < cutoff {
-				quiet = append(quiet, DeviceInfo{Name: n, Profile: e.profile})
-			}
-		}
-		g.mu.RUnlock()
-		for _, d := range quiet {
+		for _, d := range g.reg.quiet(time.Now().Add(-g.opts.sessionRefresh).UnixNano()) {
 			r := &outbox.Record{Topic: topicGatewayConnect, Body: encodeConnect(d.Name, d.Profile), DeviceName: d.Name, Note: d.Profile}
 			if err := g.enqueue(g.ctx, r.Alone(), nil); err != nil {
-				return
+				if g.closed() {
+					return
+				}
+				g.log.Warn("tbgateway: session refresh skipped", "device", d.Name, "err", err)
+				break
 			}
 			g.stats.refreshed.Add(1)
 		}

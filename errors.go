@@ -57,7 +57,10 @@ var (
 	// ErrInvalidOption: an Option was given a value it cannot take.
 	ErrInvalidOption = errors.New("tbgateway: invalid option")
 	// ErrMalformedReply: the server's answer could not be decoded.
-	ErrMalformedReply = errors.New("tbgateway: malformed reply")
+	// ErrHandlerQueueFull is the error an RPC is answered with when it
+	// finds its handler lane full (WithHandlerQueue).
+	ErrHandlerQueueFull = errors.New("tbgateway: handler queue full")
+	ErrMalformedReply   = errors.New("tbgateway: malformed reply")
 )
 
 // ValueError reports which device, entry and key carried a value that

@@ -26,6 +26,7 @@ const (
 	DefaultRequestTimeout    = 30 * time.Second
 	DefaultMaxPayloadSize    = 65536
 	DefaultHandlerQueue      = 256
+	DefaultHandlerQueueBytes = 16 << 20
 	DefaultRPCWorkers        = 4
 	DefaultMaxReconnectDelay = 30 * time.Second
 	DefaultQueueMessages     = 10_000
@@ -75,6 +76,7 @@ type options struct {
 	logger                       *slog.Logger
 	maxPayloadSize               int
 	handlerQueue, rpcWorkers     int
+	handlerBytes                 int
 	combinedAttrRequests         bool
 	paho                         []func(*mqtt.ClientOptions)
 	queueMsgs, queueBytes        int
@@ -90,6 +92,7 @@ type options struct {
 	sessionLimits                bool
 	ownLimits, gatewayLimits     ratelimit.Limits
 	rateMargin                   float64
+	startOffline                 bool
 }
 
 func defaultOptions() options {
@@ -102,6 +105,7 @@ func defaultOptions() options {
 		logger:            slog.New(slog.DiscardHandler),
 		maxPayloadSize:    DefaultMaxPayloadSize,
 		handlerQueue:      DefaultHandlerQueue,
+		handlerBytes:      DefaultHandlerQueueBytes,
 		rpcWorkers:        DefaultRPCWorkers,
 		queueMsgs:         DefaultQueueMessages,
 		queueBytes:        DefaultQueueBytes,
@@ -205,7 +209,9 @@ func WithClientID(id string) Option {
 	}
 }
 
-// WithKeepAlive sets the MQTT keep-alive interval (default 30s).
+// WithKeepAlive sets the MQTT keep-alive interval (default 30s). A
+// connection on which nothing arrives for 1.5 × the keep-alive, such as a
+// link that silently stopped forwarding, is cut and replaced.
 func WithKeepAlive(d time.Duration) Option {
 	return func(o *options) error {
 		if d < time.Second {
@@ -229,7 +235,9 @@ func WithConnectTimeout(d time.Duration) Option {
 }
 
 // WithMaxReconnectDelay caps the back-off between reconnect attempts
-// (default 30s).
+// (default 30s). Attempts start 125–250 ms after a loss and double from
+// there, each drawn at random in the upper half of its delay; the back-off
+// starts over once a connection stayed up for 2 s.
 func WithMaxReconnectDelay(d time.Duration) Option {
 	return func(o *options) error {
 		if d <= 0 {
@@ -302,6 +310,22 @@ func WithHandlerQueue(size, rpcWorkers int) Option {
 			return invalid("handler queue %d, rpc workers %d", size, rpcWorkers)
 		}
 		o.handlerQueue, o.rpcWorkers = size, rpcWorkers
+		return nil
+	}
+}
+
+// WithHandlerQueueBytes bounds the payload bytes of the received messages
+// waiting in each handler lane (default 16 MiB), besides their count
+// (WithHandlerQueue): a burst of large RPCs cannot take the heap with it.
+// A message over the bound is taken when its lane is empty. What finds the
+// lane full is dropped and counted in Stats.HandlerDropped; an RPC is
+// answered with ErrHandlerQueueFull's text.
+func WithHandlerQueueBytes(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return invalid("handler queue bytes %d", n)
+		}
+		o.handlerBytes = n
 		return nil
 	}
 }
@@ -491,6 +515,21 @@ func WithRateLimitMargin(m float64) Option {
 			return invalid("rate limit margin %v", m)
 		}
 		o.rateMargin = m
+		return nil
+	}
+}
+
+// WithOfflineStart makes Dial return at once, before the first connection
+// is made, instead of failing when the server cannot be reached: a gateway
+// that boots before its network queues what it is given (in memory, or on
+// disk with WithDurableQueue) and keeps trying to connect with back-off.
+// Connect calls are queued like data, and their devices are announced once
+// connected. Connection failures, refused credentials included, are
+// reported to WithConnectionListener and the log instead of returned. Off
+// by default: Dial then fails if the first attempt does.
+func WithOfflineStart() Option {
+	return func(o *options) error {
+		o.startOffline = true
 		return nil
 	}
 }

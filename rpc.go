@@ -96,17 +96,17 @@ func setHandler(m *map[string]RPCHandler, key string, h RPCHandler) {
 // has no more specific handler (nil removes it). An RPC with no handler at
 // all is answered with an error.
 func (g *Gateway) OnRPC(h RPCHandler) {
-	g.mu.Lock()
-	g.rpcH.all = h
-	g.mu.Unlock()
+	g.hs.mu.Lock()
+	g.hs.rpc.all = h
+	g.hs.mu.Unlock()
 }
 
 // OnRPCMethod sets the handler for one method on every device (nil removes
 // it).
 func (g *Gateway) OnRPCMethod(method string, h RPCHandler) {
-	g.mu.Lock()
-	setHandler(&g.rpcH.methods, method, h)
-	g.mu.Unlock()
+	g.hs.mu.Lock()
+	setHandler(&g.hs.rpc.methods, method, h)
+	g.hs.mu.Unlock()
 }
 
 // OnRPC sets the handler for RPCs to this device; it takes precedence over
@@ -125,18 +125,18 @@ func (s *GatewayDevice) OnRPC(h RPCHandler) { s.g.setDeviceRPC("", "", h) }
 func (s *GatewayDevice) OnRPCMethod(method string, h RPCHandler) { s.g.setDeviceRPC("", method, h) }
 
 func (g *Gateway) setDeviceRPC(device, method string, h RPCHandler) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.hs.mu.Lock()
+	defer g.hs.mu.Unlock()
 	if method == "" {
-		setHandler(&g.rpcH.devices, device, h)
+		setHandler(&g.hs.rpc.devices, device, h)
 		return
 	}
-	if g.rpcH.dMethods == nil {
-		g.rpcH.dMethods = make(map[string]map[string]RPCHandler)
+	if g.hs.rpc.dMethods == nil {
+		g.hs.rpc.dMethods = make(map[string]map[string]RPCHandler)
 	}
-	m := g.rpcH.dMethods[device]
+	m := g.hs.rpc.dMethods[device]
 	setHandler(&m, method, h)
-	g.rpcH.dMethods[device] = m
+	g.hs.rpc.dMethods[device] = m
 }
 
 type rpcKey struct {
@@ -221,33 +221,27 @@ func decodeSelfRPCRequest(idText string, payload []byte) (*RPCRequest, error) {
 }
 
 // dispatchRPC queues the handler call. A request whose (device, id) is
-// still being handled is a duplicate delivery and is dropped.
+// still being handled is a duplicate delivery: it is dropped and counted.
+// One that finds the lane full is answered with an error at once, so that
+// the caller on the server's side is not left waiting for its timeout.
 func (g *Gateway) dispatchRPC(req *RPCRequest) {
 	key := rpcKey{req.Device, req.ID}
-	g.mu.Lock()
-	if _, dup := g.running[key]; dup {
-		g.mu.Unlock()
+	if !g.hs.start(key) {
+		g.stats.duplicateRPCs.Add(1)
 		g.log.Warn("tbgateway: duplicate RPC dropped", "device", req.Device, "request_id", req.ID)
 		return
 	}
-	h := g.rpcH.lookup(req.Device, req.Method)
-	g.running[key] = struct{}{}
-	g.mu.Unlock()
-	if !g.rpcs.Submit(func() { g.serveRPC(h, req) }) {
-		g.mu.Lock()
-		delete(g.running, key)
-		g.mu.Unlock()
-		g.stats.dropped.Add(1)
-		g.log.Warn("tbgateway: RPC dropped: handler queue full", "device", req.Device, "method", req.Method, "request_id", req.ID)
+	g.hs.mu.RLock()
+	h := g.hs.rpc.lookup(req.Device, req.Method)
+	g.hs.mu.RUnlock()
+	if !g.lanes.rpcs.Submit(func() { g.serveRPC(h, req) }, len(req.Params)) {
+		g.stats.handlerDropped.Add(1)
+		g.log.Warn("tbgateway: RPC refused: handler queue full", "device", req.Device, "method", req.Method, "request_id", req.ID)
+		go g.reply(req, nil, ErrHandlerQueueFull) // not on paho's goroutine: the reply waits for its PUBACK
 	}
 }
 
 func (g *Gateway) serveRPC(h RPCHandler, req *RPCRequest) {
-	defer func() {
-		g.mu.Lock()
-		delete(g.running, rpcKey{req.Device, req.ID})
-		g.mu.Unlock()
-	}()
 	var result any
 	var err error
 	switch {
@@ -263,6 +257,12 @@ func (g *Gateway) serveRPC(h RPCHandler, req *RPCRequest) {
 	default:
 		result, err = g.callHandler(h, req)
 	}
+	g.reply(req, result, err)
+}
+
+// reply sends an RPC's answer and marks it answered.
+func (g *Gateway) reply(req *RPCRequest, result any, err error) {
+	defer g.hs.finish(rpcKey{req.Device, req.ID})
 	topic, payload := encodeRPCReply(req, result, err)
 	if err := g.publish(g.ctx, &outbox.Record{Topic: topic, Body: payload, DeviceName: req.Device}); err != nil {
 		g.log.Warn("tbgateway: sending RPC reply failed", "device", req.Device, "method", req.Method, "request_id", req.ID, "err", err)
@@ -333,12 +333,12 @@ func (s *GatewayDevice) Call(ctx context.Context, method string, params any) (js
 	ctx, cancel := g.requestContext(ctx)
 	defer cancel()
 	id := g.newOwnID()
-	ch, _ := g.calls.Add(id)
-	defer g.calls.Remove(id)
+	ch, _ := g.req.calls.Add(id)
+	defer g.req.calls.Remove(id)
 	if err := g.publish(ctx, &outbox.Record{Topic: topicSelfRPCRequestPrefix + strconv.Itoa(int(id)), Body: b}); err != nil {
 		return nil, err
 	}
-	reply, err := await(ctx, g, ch, func() { g.calls.Remove(id) })
+	reply, err := await(ctx, g, ch, func() { g.req.calls.Remove(id) })
 	if err != nil {
 		return nil, fmt.Errorf("tbgateway: rpc %q: %w", method, err)
 	}
@@ -387,7 +387,7 @@ func (g *Gateway) onSelfRPCResponse(idText string, payload []byte) {
 	}
 	// Copy: paho may reuse nothing today, but the reply outlives the
 	// callback.
-	if !g.calls.Resolve(int32(id), append([]byte(nil), payload...)) {
+	if !g.req.calls.Resolve(int32(id), append([]byte(nil), payload...)) {
 		g.log.Debug("tbgateway: RPC response nobody waits for", "request_id", id)
 	}
 }
@@ -419,23 +419,16 @@ type RateLimits struct {
 // getSessionLimits RPC. It blocks like Call. The gateway also asks on every
 // connect and applies the answer by itself (WithSessionLimits).
 func (s *GatewayDevice) SessionLimits(ctx context.Context) (SessionLimits, error) {
-	return s.sessionLimits(ctx, false)
+	raw, err := s.Call(ctx, methodSessionLimits, nil)
+	if err != nil {
+		return SessionLimits{}, err
+	}
+	return decodeSessionLimits(raw)
 }
 
-// sessionLimits with direct set bypasses the outbound queue, which is held
-// while the gateway (re)connects.
-func (s *GatewayDevice) sessionLimits(ctx context.Context, direct bool) (SessionLimits, error) {
+// decodeSessionLimits reads the getSessionLimits answer.
+func decodeSessionLimits(raw []byte) (SessionLimits, error) {
 	var l SessionLimits
-	var raw json.RawMessage
-	var err error
-	if direct {
-		raw, err = s.callDirect(ctx, methodSessionLimits)
-	} else {
-		raw, err = s.Call(ctx, methodSessionLimits, nil)
-	}
-	if err != nil {
-		return l, err
-	}
 	if err := json.Unmarshal(raw, &l); err != nil {
 		return l, fmt.Errorf("%w: getSessionLimits: %v", ErrMalformedReply, err)
 	}
@@ -443,24 +436,6 @@ func (s *GatewayDevice) sessionLimits(ctx context.Context, direct bool) (Session
 }
 
 const methodSessionLimits = "getSessionLimits"
-
-// callDirect is Call without the queue, for the connect sequence.
-func (s *GatewayDevice) callDirect(ctx context.Context, method string) (json.RawMessage, error) {
-	g := s.g
-	b, err := encodeCall(method, nil)
-	if err != nil {
-		return nil, err
-	}
-	id := g.newOwnID()
-	ch, _ := g.calls.Add(id)
-	defer g.calls.Remove(id)
-	topic := topicSelfRPCRequestPrefix + strconv.Itoa(int(id))
-	g.echo.add(topic, b)
-	if tok := g.client.Publish(topic, g.opts.qos, false, b); !tok.WaitTimeout(g.opts.requestTimeout) || tok.Error() != nil {
-		return nil, fmt.Errorf("tbgateway: %s: %w", method, ErrConnectionLost)
-	}
-	return await(ctx, g, ch, func() { g.calls.Remove(id) })
-}
 
 func (r RateLimits) parse() (ratelimit.Limits, error) {
 	return ratelimit.ParseLimits(r.Messages, r.TelemetryMessages, r.TelemetryDataPoints)

@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,19 +12,19 @@ import (
 
 func TestLaneBoundsAndRecovers(t *testing.T) {
 	var panics atomic.Int32
-	l := NewLane(1, 2, func(v any, stack []byte) {
+	l := NewLane(1, 2, 0, func(v any, stack []byte) {
 		assert.Equal(t, "boom", v)
 		assert.NotEmpty(t, stack)
 		panics.Add(1)
 	})
 	block := make(chan struct{})
 	started := make(chan struct{})
-	require.True(t, l.Submit(func() { close(started); <-block }))
+	require.True(t, l.Submit(func() { close(started); <-block }, 0))
 	<-started
-	require.True(t, l.Submit(func() { panic("boom") }))
+	require.True(t, l.Submit(func() { panic("boom") }, 0))
 	var ran atomic.Int32
-	require.True(t, l.Submit(func() { ran.Add(1) }))
-	assert.False(t, l.Submit(func() {}), "a full queue refuses instead of blocking")
+	require.True(t, l.Submit(func() { ran.Add(1) }, 0))
+	assert.False(t, l.Submit(func() {}, 0), "a full queue refuses instead of blocking")
 
 	close(block)
 	require.Eventually(t, func() bool { return ran.Load() == 1 }, time.Second, time.Millisecond)
@@ -31,10 +32,68 @@ func TestLaneBoundsAndRecovers(t *testing.T) {
 
 	l.Close()
 	l.Close() // idempotent
-	assert.False(t, l.Submit(func() {}))
+	assert.False(t, l.Submit(func() {}, 0))
 	select {
 	case <-l.Done():
 	case <-time.After(time.Second):
 		t.Fatal("workers did not exit")
 	}
+}
+
+func TestLaneBoundsBytes(t *testing.T) {
+	l := NewLane(1, 100, 1000, nil)
+	defer l.Close()
+	block := make(chan struct{})
+	started := make(chan struct{})
+	require.True(t, l.Submit(func() { close(started); <-block }, 600))
+	<-started
+	assert.True(t, l.Submit(func() {}, 400), "up to the bound")
+	assert.False(t, l.Submit(func() {}, 1), "over the byte bound, whatever the count")
+	close(block)
+	require.Eventually(t, func() bool { return l.bytes.Load() == 0 }, time.Second, time.Millisecond,
+		"bytes are given back when their jobs end")
+	assert.True(t, l.Submit(func() {}, 5000), "one job over the bound passes an empty lane")
+}
+
+func TestSerialKeepsOrderAndWaits(t *testing.T) {
+	var drained atomic.Int32
+	s := NewSerial(nil, 0, func() { drained.Add(1) })
+	block := make(chan struct{})
+	var got []int
+	done := make(chan struct{})
+	require.True(t, s.Submit(func() { <-block }))
+	for i := range 1000 {
+		require.True(t, s.Submit(func() { got = append(got, i) }), "never refused while open")
+	}
+	assert.GreaterOrEqual(t, s.Len(), 1000)
+	waited := make(chan error, 1)
+	go func() { waited <- s.WaitBelow(context.Background(), 10, nil) }()
+	select {
+	case <-waited:
+		t.Fatal("WaitBelow returned while the lane was long")
+	default:
+	}
+	close(block)
+	require.NoError(t, <-waited)
+	require.True(t, s.Submit(func() { close(done) }))
+	<-done
+	s.Close()
+	<-s.Done()
+	require.Len(t, got, 1000)
+	for i, v := range got {
+		require.Equal(t, i, v, "jobs run in order")
+	}
+	assert.Positive(t, drained.Load(), "drained is told when the lane empties")
+	assert.False(t, s.Submit(func() {}), "closed")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s2 := NewSerial(nil, 0, nil)
+	stuck := make(chan struct{})
+	s2.Submit(func() { <-stuck })
+	s2.Submit(func() {})
+	assert.ErrorIs(t, s2.WaitBelow(ctx, 0, nil), context.Canceled)
+	close(stuck)
+	s2.Close()
+	<-s2.Done()
 }

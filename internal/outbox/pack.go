@@ -1,10 +1,12 @@
 package outbox
 
-import (
-	"time"
+import "time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
-)
+// Token completes when a publish was written (an mqtt.Token is one).
+type Token interface {
+	Done() <-chan struct{}
+	Error() error
+}
 
 // Message is one MQTT publish built from records.
 type Message struct {
@@ -14,11 +16,9 @@ type Message struct {
 	Points  int
 
 	// Bookkeeping of the sender.
-	Drops   int        // connection losses while this was the oldest message in flight
-	SentAt  time.Time  // when it was handed to the connection
-	Token   mqtt.Token // QoS 0 only: completes when written
+	SentAt  time.Time // when it was handed to the connection
+	Token   Token     // QoS 0 only: completes when written
 	sendSeq uint64
-	AckSeq  uint64 // order of its acknowledgement among all messages
 }
 
 // Overhead is the MQTT remaining length of a PUBLISH on topic besides its

@@ -42,6 +42,10 @@ type Record struct {
 	// Isolate keeps the record out of merged messages: it was part of a
 	// message the server kept rejecting, and must be tried alone.
 	Isolate bool
+	// Announce marks the gateway's own re-announcement of a device on a
+	// new connection: it is not queued, and never taken back, since the
+	// next connection announces the device anew.
+	Announce bool
 	Topic   string // Raw only; the mergeable kinds have a fixed topic
 	// Device is the device name as a JSON string, quotes included, for the
 	// mergeable kinds.

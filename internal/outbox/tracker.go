@@ -9,23 +9,22 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
-// Tracker is the paho Store of the connection. It keeps paho's own
-// behaviour (in-flight QoS 1 messages are kept, in order, and re-sent after
-// a reconnect with their packet ids) and adds the one thing paho's tokens
-// cannot give: which message each PUBACK acknowledges, even across
-// reconnects, where paho completes the old token of a re-sent message
-// without an acknowledgement. Its storage orders packets strictly by
-// insertion.
+// Tracker is the paho Store of one connection: a new connection gets a
+// new Tracker. It learns which message each PUBACK acknowledges (paho's
+// tokens cannot say so reliably) and, when the connection ends, hands back
+// what was never acknowledged, oldest first, for the gateway to send again
+// behind the re-announcements of the next connection. paho itself never
+// re-sends anything: the gateway opens every connection with a fresh
+// client and a clean session.
 type Tracker struct {
 	store *seqStore
 
 	mu        sync.Mutex
-	byPayload map[*byte]*Message
+	byPayload map[*byte]*Message // expected, not yet stored by paho
 	byID      map[uint16]*Message
-	held      map[uint16]bool // set aside: never re-sent
 	onAck     func(*Message)
 	sent      uint64
-	acks      uint64
+	closed    bool // TakeBack ran: nothing more is tracked
 }
 
 // NewTracker returns a tracker that calls onAck for every acknowledged
@@ -35,22 +34,27 @@ func NewTracker(onAck func(*Message)) *Tracker {
 		store:     &seqStore{m: map[string]seqEntry{}},
 		byPayload: map[*byte]*Message{},
 		byID:      map[uint16]*Message{},
-		held:      map[uint16]bool{},
 		onAck:     onAck,
 	}
 }
 
 // Expect registers m before it is handed to paho's Publish, which stores it
-// under its packet id.
-func (t *Tracker) Expect(m *Message) {
+// under its packet id. It reports false once the connection was taken back:
+// the caller must queue m's records again instead of publishing.
+func (t *Tracker) Expect(m *Message) bool {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
 	t.sent++
 	m.sendSeq = t.sent
 	t.byPayload[&m.Payload[0]] = m
-	t.mu.Unlock()
+	return true
 }
 
-// Unexpect forgets m when paho refused it before storing it.
+// Unexpect forgets m when paho refused it before storing it; it reports
+// whether m was still tracked (and so is the caller's to queue again).
 func (t *Tracker) Unexpect(m *Message) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -59,14 +63,22 @@ func (t *Tracker) Unexpect(m *Message) bool {
 		delete(t.byPayload, p)
 		return true
 	}
+	for id, x := range t.byID {
+		if x == m {
+			delete(t.byID, id)
+			return true
+		}
+	}
 	return false
 }
 
-// InFlight returns the messages sent and not yet acknowledged, oldest
-// first.
-func (t *Tracker) InFlight() []*Message {
+// TakeBack ends the tracking and returns the messages sent and not
+// acknowledged, oldest first. Acknowledgements that come later are
+// ignored: the messages are the caller's again.
+func (t *Tracker) TakeBack() []*Message {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.closed = true
 	out := make([]*Message, 0, len(t.byID)+len(t.byPayload))
 	for _, m := range t.byID {
 		out = append(out, m)
@@ -74,52 +86,10 @@ func (t *Tracker) InFlight() []*Message {
 	for _, m := range t.byPayload {
 		out = append(out, m)
 	}
-	sortBySend(out)
+	clear(t.byID)
+	clear(t.byPayload)
+	sort.Slice(out, func(i, j int) bool { return out[i].sendSeq < out[j].sendSeq })
 	return out
-}
-
-// Overtakers returns the acknowledged messages of ms (oldest sent first)
-// that an older one will follow: an older message acknowledged after it,
-// or still in flight (to be re-sent after another reconnect). After a
-// reconnect a publish paho was handing over when the connection dropped can
-// reach the new connection ahead of the messages paho re-sends.
-func (t *Tracker) Overtakers(ms []*Message) []*Message {
-	t.mu.Lock() // AckSeq is written under it
-	defer t.mu.Unlock()
-	var out []*Message
-	for i, m := range ms {
-		if m.AckSeq == 0 {
-			continue // not acknowledged: still in flight, or set aside
-		}
-		for _, older := range ms[:i] {
-			if older.AckSeq > m.AckSeq || (older.AckSeq == 0 && t.hasLocked(older)) {
-				out = append(out, m)
-				break
-			}
-		}
-	}
-	return out
-}
-
-// Has reports whether m is still in flight.
-func (t *Tracker) Has(m *Message) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.hasLocked(m)
-}
-
-func (t *Tracker) hasLocked(m *Message) bool {
-	for _, x := range t.byID {
-		if x == m {
-			return true
-		}
-	}
-	for _, x := range t.byPayload {
-		if x == m {
-			return true
-		}
-	}
-	return false
 }
 
 // Count is the number of messages in flight.
@@ -127,23 +97,6 @@ func (t *Tracker) Count() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.byID) + len(t.byPayload)
-}
-
-// Hold sets m aside: paho will not send it again, and it counts no more.
-func (t *Tracker) Hold(m *Message) {
-	t.mu.Lock()
-	var key string
-	for id, x := range t.byID {
-		if x == m {
-			delete(t.byID, id)
-			t.held[id] = true
-			key = outboundKey(id)
-		}
-	}
-	t.mu.Unlock()
-	if key != "" {
-		t.store.Del(key)
-	}
 }
 
 func outboundKey(id uint16) string { return "o." + strconv.Itoa(int(id)) }
@@ -162,46 +115,21 @@ func (t *Tracker) Open() { t.store.Open() }
 // Close implements mqtt.Store.
 func (t *Tracker) Close() { t.store.Close() }
 
-// Reset implements mqtt.Store; paho calls it on the first connect.
+// Reset implements mqtt.Store; paho calls it on connect.
 func (t *Tracker) Reset() { t.store.Reset() }
 
 // All implements mqtt.Store.
 func (t *Tracker) All() []string { return t.store.All() }
 
-// Get implements mqtt.Store; a held message is no longer there. A publish
-// is returned as a copy: paho's resume sets its DUP flag while the
-// previous connection's writer may still be sending the stored packet
-// (a data race in paho 1.5).
-func (t *Tracker) Get(key string) packets.ControlPacket {
-	if id, ok := idOf(key); ok {
-		t.mu.Lock()
-		held := t.held[id]
-		t.mu.Unlock()
-		if held {
-			return nil
-		}
-	}
-	p := t.store.Get(key)
-	if pub, ok := p.(*packets.PublishPacket); ok {
-		cp := *pub
-		return &cp
-	}
-	return p
-}
+// Get implements mqtt.Store.
+func (t *Tracker) Get(key string) packets.ControlPacket { return t.store.Get(key) }
 
 // Put implements mqtt.Store: paho stores a QoS 1 publish under its packet
 // id before sending it, which binds the id to the expected message.
 func (t *Tracker) Put(key string, p packets.ControlPacket) {
+	t.store.Put(key, p)
 	pub, ok := p.(*packets.PublishPacket)
-	if !ok {
-		t.store.Put(key, p)
-		return
-	}
-	// Keep a copy: paho's writer mutates the packet it sends while a
-	// reconnect's resume may read the stored one.
-	cp := *pub
-	t.store.Put(key, &cp)
-	if len(pub.Payload) == 0 {
+	if !ok || len(pub.Payload) == 0 {
 		return
 	}
 	id, ok := idOf(key)
@@ -210,7 +138,6 @@ func (t *Tracker) Put(key string, p packets.ControlPacket) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.held, id)
 	if m, ok := t.byPayload[&pub.Payload[0]]; ok {
 		delete(t.byPayload, &pub.Payload[0])
 		t.byID[id] = m
@@ -228,21 +155,13 @@ func (t *Tracker) Del(key string) {
 	t.mu.Lock()
 	m := t.byID[id]
 	delete(t.byID, id)
-	delete(t.held, id)
-	if m != nil {
-		t.acks++
-		m.AckSeq = t.acks
-	}
 	t.mu.Unlock()
 	if m != nil && t.onAck != nil {
 		t.onAck(m)
 	}
 }
 
-// seqStore keeps packets in insertion order by a counter. paho's
-// OrderedMemoryStore orders by time.Now() with an unstable sort, so two
-// publishes stored within the clock's resolution can be re-sent after a
-// reconnect in the wrong order.
+// seqStore keeps packets in insertion order by a counter.
 type seqStore struct {
 	mu  sync.Mutex
 	seq uint64
@@ -293,11 +212,3 @@ func (s *seqStore) All() []string {
 }
 
 var _ mqtt.Store = (*Tracker)(nil)
-
-func sortBySend(ms []*Message) {
-	for i := 1; i < len(ms); i++ {
-		for j := i; j > 0 && ms[j].sendSeq < ms[j-1].sendSeq; j-- {
-			ms[j], ms[j-1] = ms[j-1], ms[j]
-		}
-	}
-}

@@ -356,3 +356,37 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
 		return ctx.Err()
 	}
 }
+
+// Charge takes c at once, without waiting, even into debt: for what the
+// server counts whether or not the client asked (a session opened or
+// closed), so that the messages after it wait for the tokens it used.
+func (b *Bucket) Charge(c Cost) {
+	if b == nil {
+		return
+	}
+	st := b.st.Load()
+	if st == nil || st.unlimited {
+		return
+	}
+	n := c.amounts()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	for k, amt := range n {
+		if amt == 0 {
+			continue
+		}
+		for _, w := range st.kinds[k].windows {
+			w.lim.ReserveN(now, min(amt, w.burst))
+		}
+	}
+}
+
+// Limited reports whether any limit is in force.
+func (b *Bucket) Limited() bool {
+	if b == nil {
+		return false
+	}
+	st := b.st.Load()
+	return st != nil && !st.unlimited
+}

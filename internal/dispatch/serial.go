@@ -1,0 +1,149 @@
+package dispatch
+
+import (
+	"context"
+	"runtime/debug"
+	"sync"
+)
+
+// Serial runs jobs one at a time, in the order submitted, on one goroutine
+// of its own. Submit never blocks and never refuses a job while open: the
+// queue has no bound of its own, so whoever submits must bound it, by
+// waiting while Len is high (the gateway's sender does, for the
+// callbacks of acknowledged data). Drained, if set, is called after a
+// job whenever at most Low jobs are left, so that a producer that stopped
+// for a long queue knows when to go on.
+type Serial struct {
+	mu      sync.Mutex
+	jobs    []func()
+	head    int
+	closed  bool
+	wake    chan struct{}
+	done    chan struct{}
+	onPanic func(v any, stack []byte)
+	low     int
+	drained func()
+	ran     chan struct{} // closed after the next job, while WaitBelow waits
+}
+
+// NewSerial starts a serial lane. onPanic, if not nil, is told about every
+// recovered panic; drained, if not nil, is called (on the lane's
+// goroutine) after a job that left at most low jobs queued.
+func NewSerial(onPanic func(v any, stack []byte), low int, drained func()) *Serial {
+	s := &Serial{wake: make(chan struct{}, 1), done: make(chan struct{}), onPanic: onPanic, low: low, drained: drained}
+	go s.work()
+	return s
+}
+
+// Submit queues job and reports whether it was accepted: false only once
+// the lane is closed.
+func (s *Serial) Submit(job func()) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	s.jobs = append(s.jobs, job)
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// Len is the number of jobs waiting.
+func (s *Serial) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.jobs) - s.head
+}
+
+func (s *Serial) next() (job func(), left int, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.head == len(s.jobs) {
+		if s.closed {
+			return nil, 0, false
+		}
+		// Give back what a burst grew.
+		s.jobs, s.head = s.jobs[:0], 0
+		if cap(s.jobs) > 1024 {
+			s.jobs = nil
+		}
+		s.mu.Unlock()
+		<-s.wake
+		s.mu.Lock()
+	}
+	job = s.jobs[s.head]
+	s.jobs[s.head] = nil
+	s.head++
+	return job, len(s.jobs) - s.head, true
+}
+
+func (s *Serial) work() {
+	defer close(s.done)
+	for {
+		job, left, ok := s.next()
+		if !ok {
+			return
+		}
+		s.run(job)
+		s.mu.Lock()
+		if s.ran != nil {
+			close(s.ran)
+			s.ran = nil
+		}
+		s.mu.Unlock()
+		if s.drained != nil && left <= s.low {
+			s.drained()
+		}
+	}
+}
+
+func (s *Serial) run(job func()) {
+	defer func() {
+		if v := recover(); v != nil && s.onPanic != nil {
+			s.onPanic(v, debug.Stack())
+		}
+	}()
+	job()
+}
+
+// WaitBelow waits until at most n jobs are queued, ctx ends (its error) or
+// stop is closed (nil).
+func (s *Serial) WaitBelow(ctx context.Context, n int, stop <-chan struct{}) error {
+	for {
+		s.mu.Lock()
+		if len(s.jobs)-s.head <= n || s.closed {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.ran == nil {
+			s.ran = make(chan struct{})
+		}
+		ran := s.ran
+		s.mu.Unlock()
+		select {
+		case <-ran:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-stop:
+			return nil
+		}
+	}
+}
+
+// Close stops accepting jobs; queued jobs still run.
+func (s *Serial) Close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Done is closed once the lane's goroutine has run every job after Close.
+func (s *Serial) Done() <-chan struct{} { return s.done }

@@ -1,0 +1,74 @@
+package tbgateway
+
+import "sync/atomic"
+
+// Stats is a snapshot of the gateway's counters since Dial.
+type Stats struct {
+	Queued         int    // records waiting in the outbound queue
+	QueuedBytes    int    // their size
+	InFlight       int    // messages sent and not yet acknowledged
+	Accepted       uint64 // records accepted into the queue
+	Published      uint64 // messages handed to the MQTT connection
+	Acknowledged   uint64 // messages confirmed (PUBACK at QoS 1, written at QoS 0)
+	DataPoints     uint64 // data points in acknowledged messages
+	Resent         uint64 // messages taken back from a lost connection to send again (possible duplicates at the server)
+	Restored       uint64 // records loaded from the durable queue at Dial (possible duplicates)
+	Refused        uint64 // calls refused because the queue (or the callback lane) was full (FailFast)
+	Dropped        uint64 // records evicted by DropOldest
+	Poisoned       uint64 // messages set aside as poison
+	Isolated       uint64 // suspected messages taken back to retry their parts alone
+	PublishErrors  uint64 // publishes the connection refused before sending (re-queued)
+	Received       uint64 // messages received from the server
+	Malformed      uint64 // received messages that could not be decoded, dropped
+	Echoes         uint64 // own publishes a plain broker sent back, ignored
+	HandlerDropped uint64 // received messages dropped because a handler queue was full (an RPC is answered with an error)
+	DuplicateRPCs  uint64 // RPCs received again while their handler still ran, dropped
+	HandlerPanics  uint64 // handler panics recovered
+	Reconnects     uint64 // successful reconnects after the first connection
+	HalfOpen       uint64 // connections cut because nothing arrived for 1.5 × keep-alive
+	Announced      uint64 // devices announced again on new connections
+	Refreshed      uint64 // quiet devices announced again (WithSessionRefresh)
+	LimitsApplied  uint64 // getSessionLimits answers applied
+}
+
+// counters are the gateway's counters, named after the Stats fields.
+type counters struct {
+	published, acked, publishErrors, received, malformed, echoes atomic.Uint64
+	handlerDropped, panics, reconnects, points, resent           atomic.Uint64
+	restored, refused, droppedOverflow, poisoned, announced      atomic.Uint64
+	refreshed, limitsApplied, isolated, halfOpen, duplicateRPCs  atomic.Uint64
+	eventsLost                                                   atomic.Uint64
+}
+
+// Stats returns the current counters. It never blocks for long.
+func (g *Gateway) Stats() Stats {
+	s := &g.stats
+	q, qb := g.out.queue.Len()
+	return Stats{
+		Queued:         q,
+		QueuedBytes:    qb,
+		InFlight:       g.out.inFlight(),
+		Accepted:       g.out.queue.Added(),
+		Published:      s.published.Load(),
+		Acknowledged:   s.acked.Load(),
+		DataPoints:     s.points.Load(),
+		Resent:         s.resent.Load(),
+		Restored:       s.restored.Load(),
+		Refused:        s.refused.Load(),
+		Dropped:        s.droppedOverflow.Load(),
+		Poisoned:       s.poisoned.Load(),
+		Isolated:       s.isolated.Load(),
+		PublishErrors:  s.publishErrors.Load(),
+		Received:       s.received.Load(),
+		Malformed:      s.malformed.Load(),
+		Echoes:         s.echoes.Load(),
+		HandlerDropped: s.handlerDropped.Load(),
+		DuplicateRPCs:  s.duplicateRPCs.Load(),
+		HandlerPanics:  s.panics.Load(),
+		Reconnects:     s.reconnects.Load(),
+		HalfOpen:       s.halfOpen.Load(),
+		Announced:      s.announced.Load(),
+		Refreshed:      s.refreshed.Load(),
+		LimitsApplied:  s.limitsApplied.Load(),
+	}
+}
