@@ -57,7 +57,7 @@ func (p streamPlan) stream(ctx context.Context, g *tb.Gateway) error {
 }
 
 // streamThroughFaults streams the plan and meanwhile calls fault up to n
-// times, each once another eighth of the points is acknowledged: the
+// times, each once another eighth (or (n+1)th) of the points is acknowledged: the
 // faults are spread over the stream whatever its speed. fault reports
 // whether the fault took place (it is tried again if not). It returns once
 // the stream is done, with the faults made and how many of them came while
@@ -74,7 +74,7 @@ func (p streamPlan) streamThroughFaults(ctx context.Context, t *testing.T, g *tb
 	}()
 	total := uint64(p.devices * p.entries)
 	for faults < n && streaming.Load() {
-		for want := total * uint64(faults+1) / 8; streaming.Load() && g.Stats().DataPoints < want; {
+		for want := total * uint64(faults+1) / uint64(max(8, n+1)); streaming.Load() && g.Stats().DataPoints < want; {
 			time.Sleep(time.Millisecond)
 		}
 		if !fault(faults) {

@@ -44,6 +44,7 @@ import (
 	"log/slog"
 	"net/url"
 	"sync"
+	"sync/atomic"
 
 	"github.com/thingsgate/tbgateway/internal/dispatch"
 	"github.com/thingsgate/tbgateway/internal/outbox"
@@ -91,8 +92,10 @@ type Gateway struct {
 	req   requests // ids and replies awaited
 	lanes lanes    // where callbacks and handlers run
 	stats counters // Stats
-	echo  echoFilter
-	self  GatewayDevice
+	// cbPending counts outcomes whose callback has not run yet.
+	cbPending atomic.Int64
+	echo      echoFilter
+	self      GatewayDevice
 }
 
 // lanes run user code off paho's goroutines: handlers in bounded lanes,
@@ -314,33 +317,44 @@ func (g *Gateway) event(e ConnectionEvent) {
 func (g *Gateway) fail(w *outbox.Waiter, err error) {
 	if w.Fail(err) {
 		if cb := w.Callback(); cb != nil {
-			g.runCallbacks(func() { cb(err) })
+			g.runCallbacks(1, func() { cb(err) })
 		}
 	}
 }
 
-// runCallbacks runs callbacks of async publishes on the callback lane, in
-// order. Once the lane is closed (Close), on the caller's goroutine: an
-// outcome is never lost.
-func (g *Gateway) runCallbacks(job func()) {
-	if !g.lanes.callbacks.Submit(job) {
+// runCallbacks runs n callbacks of async publishes, in one job, on the
+// callback lane, in order. Once the lane is closed (Close), on the
+// caller's goroutine: an outcome is never lost.
+func (g *Gateway) runCallbacks(n int, job func()) {
+	g.cbPending.Add(int64(n))
+	run := func() {
+		defer g.cbPending.Add(-int64(n))
 		job()
+	}
+	if !g.lanes.callbacks.Submit(run) {
+		run()
 	}
 }
 
-// waitCallbacks holds an async publish while the callback lane is far
-// behind (a slow callback): the publisher slows with its callback instead
-// of memory growing, or fails at once under FailFast.
+// callbacksBehind reports whether more outcomes wait for their callback
+// than the queue holds records: a slow callback then holds back the
+// sender and the publishers, as a full queue does, instead of memory
+// growing.
+func (g *Gateway) callbacksBehind() bool {
+	return g.cbPending.Load() > int64(g.opts.queueMsgs)
+}
+
+// waitCallbacks holds an async publish while the callbacks are behind:
+// the publisher slows with its callback, or fails at once under FailFast.
 func (g *Gateway) waitCallbacks(ctx context.Context) error {
-	limit := callbackBacklog * int(max(g.out.window.Load(), 1))
-	if g.lanes.callbacks.Len() <= limit {
+	if !g.callbacksBehind() {
 		return nil
 	}
 	if g.opts.overflow == outbox.FailFast {
 		g.stats.refused.Add(1)
-		return fmt.Errorf("%w: the callback lane is behind", ErrQueueFull)
+		return fmt.Errorf("%w: the callbacks are behind", ErrQueueFull)
 	}
-	return g.lanes.callbacks.WaitBelow(ctx, limit, g.done)
+	return g.lanes.callbacks.WaitUntil(ctx, g.done, func() bool { return !g.callbacksBehind() })
 }
 
 func (g *Gateway) failRecords(m *outbox.Message, err error) {

@@ -37,6 +37,8 @@ type link interface {
 	// kill closes the socket at once, as a dead peer would: the end is
 	// then reported on lost.
 	kill()
+	// wait waits, at most d, for the end of a killed link.
+	wait(d time.Duration)
 	// close ends the connection cleanly (DISCONNECT), waiting at most
 	// quiesce for paho to finish what it is writing.
 	close(quiesce time.Duration)
@@ -170,7 +172,18 @@ func (d *dialer) dial(ctx context.Context, onAck func(*outbox.Message)) (*pahoLi
 		}
 		return nil, err
 	}
+	l.lastRead.Store(time.Now().UnixNano()) // a slow CONNACK is not silence
 	return l, nil
+}
+
+// wait gives paho up to d to finish with a link that was killed.
+func (l *pahoLink) wait(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-l.lostCh:
+	case <-t.C:
+	}
 }
 
 func (l *pahoLink) publish(topic string, qos byte, payload []byte) pubToken {

@@ -57,11 +57,6 @@ type conn struct {
 	turn      bool              // alternate backlog announcements with data
 }
 
-// callbackBacklog bounds the jobs waiting on the callback lane, in units
-// of the window: beyond it the sender stops, the queue fills, and
-// publishers meet the overflow policy instead of memory growing.
-const callbackBacklog = 4
-
 func newSender(g *Gateway) *sender {
 	o := &g.opts
 	s := &sender{
@@ -324,7 +319,6 @@ func (s *sender) loop() {
 	var lingerHead *outbox.Record
 	var lingerUntil time.Time
 	var packer outbox.Packer
-	cbMax := callbackBacklog * int(max(s.window.Load(), 1))
 	for {
 		c := s.attached()
 		if c == nil {
@@ -339,7 +333,7 @@ func (s *sender) loop() {
 				continue
 			}
 		}
-		if c.l.tracker().Count() >= int(s.window.Load()) || g.lanes.callbacks.Len() > cbMax {
+		if c.l.tracker().Count() >= int(s.window.Load()) || g.callbacksBehind() {
 			select {
 			case <-s.wakeCh:
 			case <-c.gone:
@@ -362,6 +356,7 @@ func (s *sender) loop() {
 			continue
 		}
 		lim := s.limit()
+		packer.MaxDevices = s.gwBucket.MaxCost(ratelimit.KindTelemetryMessages)
 		n := packer.Plan(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
 		// Linger: give other calls a moment to add to a message that is
 		// not full yet, then look again from the top.
@@ -524,8 +519,10 @@ func (s *sender) pace(m *outbox.Message) error {
 	}
 	var cost ratelimit.Cost
 	switch {
-	case m.Topic == topicGatewayTelemetry || m.Topic == topicGatewayAttributes ||
-		m.Topic == topicSelfTelemetry || m.Topic == topicSelfAttributes:
+	case m.Topic == topicGatewayTelemetry || m.Topic == topicGatewayAttributes:
+		// The server posts each device's part on its own.
+		cost = ratelimit.Cost{TelemetryMessages: max(m.Devices, 1), DataPoints: m.Points}
+	case m.Topic == topicSelfTelemetry || m.Topic == topicSelfAttributes:
 		cost = ratelimit.TelemetryCost(m.Points)
 	case m.Topic == topicGatewayConnect:
 		cost = ratelimit.MessageCost(3)
@@ -641,7 +638,7 @@ func (s *sender) onAck(m *outbox.Message) {
 	}
 	if len(decided) > 0 {
 		// One job for the callbacks of the whole message.
-		g.runCallbacks(func() {
+		g.runCallbacks(len(decided), func() {
 			for _, w := range decided {
 				w.Callback()(nil)
 			}

@@ -229,6 +229,9 @@ func (s *session) serve(l link, report func(error)) error {
 	}
 	g.out.takeBack(back, closing)
 	g.failPending(ErrConnectionLost)
+	if errors.Is(err, errHalfOpen) {
+		defer l.wait(time.Second)
+	}
 	g.out.ownBucket.Charge(ratelimit.MessageCost(1)) // and its close
 	if !closing {
 		g.log.Warn("tbgateway: connection lost", "err", err, "taken_back", len(back))
@@ -353,13 +356,9 @@ func (s *session) watch(l link, limits <-chan pending.Reply[[]byte]) error {
 	// cut here, checked every eighth so that it ends within 1.5 × ka.
 	tick := time.NewTicker(ka / 8)
 	defer tick.Stop()
-	halfOpen := false
 	for {
 		select {
 		case err := <-l.lost():
-			if halfOpen {
-				return errHalfOpen
-			}
 			return err
 		case <-g.done:
 			return nil
@@ -367,10 +366,12 @@ func (s *session) watch(l link, limits <-chan pending.Reply[[]byte]) error {
 			s.applyLimits(r)
 			limits = nil
 		case <-tick.C:
-			if !halfOpen && l.idle() >= ka*11/8 {
-				halfOpen = true
+			if l.idle() >= ka*11/8 {
+				// Reported at once; paho's end of the link is awaited
+				// before the next dial.
 				g.stats.halfOpen.Add(1)
 				l.kill()
+				return errHalfOpen
 			}
 		}
 	}

@@ -120,7 +120,8 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 		s.dropConnLocked(old)
 		evicted = old.cl
 	}
-	c := &conn{cl: cl, id: cl.ID, token: g.token, gw: g, subs: map[string]byte{}, sessions: map[string]*device{}, gone: make(chan struct{})}
+	s.connSeq++
+	c := &conn{cl: cl, id: cl.ID, seq: s.connSeq, token: g.token, gw: g, subs: map[string]byte{}, sessions: map[string]*device{}, gone: make(chan struct{})}
 	g.conn = c
 	s.conns[cl] = c
 	if !g.own.message(now) {
@@ -243,7 +244,12 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	now := time.Now()
 	s.mu.Lock()
 	c := s.conns[cl]
+	var seq uint64
+	if c != nil {
+		seq = c.seq
+	}
 	s.messages = append(s.messages, Message{
+		Conn:     seq,
 		ClientID: cl.ID,
 		Username: string(cl.Properties.Username),
 		Topic:    pk.TopicName,

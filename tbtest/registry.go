@@ -44,6 +44,11 @@ type Claim struct {
 // Message is one MQTT PUBLISH, as received from a client (Messages) or as
 // sent by the server to a client (Sent).
 type Message struct {
+	// Conn numbers the gateway connection the message came on, from 1 in
+	// the order the server accepted them (0 for a message on no accepted
+	// connection, and for what the server sent): the order of messages
+	// with one Conn is their wire order on that connection.
+	Conn     uint64
 	ClientID string
 	// Username is the MQTT username, i.e. the gateway's access token.
 	Username string
@@ -145,6 +150,7 @@ type queuedRPC struct {
 type conn struct {
 	cl       *mqtt.Client
 	id       string
+	seq      uint64 // Message.Conn
 	token    string
 	gw       *gateway
 	subs     map[string]byte    // accepted filter -> granted QoS

@@ -41,6 +41,7 @@ type Server struct {
 	devices     map[string]*device
 	gateways    map[string]*gateway // by access token
 	conns       map[*mqtt.Client]*conn
+	connSeq     uint64 // connections accepted
 	messages    []Message
 	sent        []Message
 	rejections  []Rejection

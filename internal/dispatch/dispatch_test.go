@@ -67,10 +67,10 @@ func TestSerialKeepsOrderAndWaits(t *testing.T) {
 	}
 	assert.GreaterOrEqual(t, s.Len(), 1000)
 	waited := make(chan error, 1)
-	go func() { waited <- s.WaitBelow(context.Background(), 10, nil) }()
+	go func() { waited <- s.WaitUntil(context.Background(), nil, func() bool { return s.Len() <= 10 }) }()
 	select {
 	case <-waited:
-		t.Fatal("WaitBelow returned while the lane was long")
+		t.Fatal("WaitUntil returned while the lane was long")
 	default:
 	}
 	close(block)
@@ -92,7 +92,7 @@ func TestSerialKeepsOrderAndWaits(t *testing.T) {
 	stuck := make(chan struct{})
 	s2.Submit(func() { <-stuck })
 	s2.Submit(func() {})
-	assert.ErrorIs(t, s2.WaitBelow(ctx, 0, nil), context.Canceled)
+	assert.ErrorIs(t, s2.WaitUntil(ctx, nil, func() bool { return s2.Len() == 0 }), context.Canceled)
 	close(stuck)
 	s2.Close()
 	<-s2.Done()

@@ -110,12 +110,15 @@ func (s *Serial) run(job func()) {
 	job()
 }
 
-// WaitBelow waits until at most n jobs are queued, ctx ends (its error) or
-// stop is closed (nil).
-func (s *Serial) WaitBelow(ctx context.Context, n int, stop <-chan struct{}) error {
+// WaitUntil waits until ok holds (checked now and after every job), the
+// lane is closed, ctx ends (its error) or stop is closed (nil).
+func (s *Serial) WaitUntil(ctx context.Context, stop <-chan struct{}, ok func() bool) error {
 	for {
+		if ok() {
+			return nil
+		}
 		s.mu.Lock()
-		if len(s.jobs)-s.head <= n || s.closed {
+		if ok() || s.closed {
 			s.mu.Unlock()
 			return nil
 		}

@@ -14,6 +14,9 @@ type Message struct {
 	Payload []byte
 	Records []*Record
 	Points  int
+	// Devices is the number of devices a merged message carries data for:
+	// ThingsBoard counts each as a telemetry message of its own.
+	Devices int
 
 	// Bookkeeping of the sender.
 	SentAt  time.Time // when it was handed to the connection
@@ -58,6 +61,9 @@ type Packer struct {
 	groups []group
 	next   []int32
 	index  map[string]int32 // device to group, for messages of many devices
+	// MaxDevices, if positive, bounds the devices of one merged message
+	// (a rate limit counts each device's part as a message).
+	MaxDevices int
 }
 
 type group struct {
@@ -113,7 +119,8 @@ func (p *Packer) Plan(recs []*Record, limit, maxPoints int, qos byte, merge bool
 				add++
 			}
 		}
-		if n > 0 && (p.size+add > limit || (maxPoints > 0 && points+r.Points > maxPoints)) {
+		if n > 0 && (p.size+add > limit || (maxPoints > 0 && points+r.Points > maxPoints) ||
+			(gi < 0 && p.MaxDevices > 0 && len(p.groups) >= p.MaxDevices)) {
 			break
 		}
 		p.size += add
@@ -163,9 +170,10 @@ func (p *Packer) Build() Message {
 		payload = append(payload, close)
 	}
 	payload = append(payload, '}')
+	devices := len(p.groups)
 	clear(p.groups) // hold no device names until the next message
 	// Copy: recs aliases the queue, which clears the slots it gives up.
-	return Message{Topic: topic, Payload: payload, Records: append([]*Record(nil), recs[:n]...), Points: p.points}
+	return Message{Topic: topic, Payload: payload, Records: append([]*Record(nil), recs[:n]...), Points: p.points, Devices: devices}
 }
 
 // indexLast adds the group just appended to the index once there are too

@@ -46,7 +46,7 @@ type Record struct {
 	// new connection: it is not queued, and never taken back, since the
 	// next connection announces the device anew.
 	Announce bool
-	Topic   string // Raw only; the mergeable kinds have a fixed topic
+	Topic    string // Raw only; the mergeable kinds have a fixed topic
 	// Device is the device name as a JSON string, quotes included, for the
 	// mergeable kinds.
 	Device string
