@@ -22,8 +22,19 @@ import (
 // of in-flight messages, its reconnect loop) outlives a connection. An MQTT
 // 5 client would implement the same few calls.
 type link interface {
-	// publish hands one message to the connection.
+	// publish hands one message to the connection and returns paho's
+	// token. It may block (paho waits up to its write timeout for its
+	// writer), so the sender uses send instead.
 	publish(topic string, qos byte, payload []byte) pubToken
+	// send queues a QoS 1 message, already expected by the tracker, for
+	// the link's own goroutine to publish: a publish that blocks on a
+	// connection that just died holds up only that goroutine, not the
+	// sender, which goes on with the next connection. What the link never
+	// acknowledged comes back through the tracker's TakeBack.
+	send(m *outbox.Message)
+	// release ends the link's goroutine (after TakeBack), waits for it
+	// up to d, and reports whether it ended.
+	release(d time.Duration) bool
 	// subscribeAsync sends one SUBSCRIBE for filters; the token
 	// completes with its SUBACK.
 	subscribeAsync(filters map[string]byte) pubToken
@@ -60,6 +71,11 @@ type pahoLink struct {
 	conn net.Conn // the socket, once opened
 
 	lastRead atomic.Int64 // unix nanoseconds
+
+	out      chan *outbox.Message // to the pump
+	quit     chan struct{}        // closed by release
+	quitOnce sync.Once
+	pumped   chan struct{} // closed when the pump ends
 }
 
 // dialer opens links with fixed paho options.
@@ -127,7 +143,8 @@ func openSocket(ctx context.Context, uri *url.URL, o mqtt.ClientOptions) (net.Co
 }
 
 // dial opens one connection and waits for its CONNACK, until ctx ends.
-func (d *dialer) dial(ctx context.Context, onAck func(*outbox.Message)) (*pahoLink, error) {
+// window bounds the messages queued for the link's pump.
+func (d *dialer) dial(ctx context.Context, onAck func(*outbox.Message), window int) (*pahoLink, error) {
 	l := &pahoLink{tr: outbox.NewTracker(onAck), lostCh: make(chan error, 1)}
 	l.lastRead.Store(time.Now().UnixNano())
 	po := *d.po
@@ -173,7 +190,59 @@ func (d *dialer) dial(ctx context.Context, onAck func(*outbox.Message)) (*pahoLi
 		return nil, err
 	}
 	l.lastRead.Store(time.Now().UnixNano()) // a slow CONNACK is not silence
+	l.out, l.quit, l.pumped = make(chan *outbox.Message, window), make(chan struct{}), make(chan struct{})
+	go l.pump()
 	return l, nil
+}
+
+// pump publishes what send queued, in order. A publish paho refuses (not
+// connected, or its writer stuck for the whole write timeout) ends the
+// link: the session then takes everything back and starts over.
+func (l *pahoLink) pump() {
+	defer close(l.pumped)
+	for {
+		select {
+		case m := <-l.out:
+			tok := l.c.Publish(m.Topic, 1, false, m.Payload)
+			select {
+			case <-tok.Done():
+				if tok.Error() != nil {
+					l.kill()
+				}
+			default:
+			}
+		case <-l.quit:
+			return
+		}
+	}
+}
+
+func (l *pahoLink) send(m *outbox.Message) {
+	select {
+	case l.out <- m:
+	case <-l.quit:
+		// Released: TakeBack has m already.
+	}
+}
+
+func (l *pahoLink) release(d time.Duration) bool {
+	l.quitOnce.Do(func() { close(l.quit) })
+	select {
+	case <-l.pumped:
+		return true
+	default:
+	}
+	if d <= 0 {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-l.pumped:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // wait gives paho up to d to finish with a link that was killed.

@@ -565,19 +565,7 @@ func (s *sender) transmit(c *conn, m *outbox.Message) {
 		}
 		return
 	}
-	tok := c.l.publish(m.Topic, 1, m.Payload)
-	select {
-	case <-tok.Done():
-		// Refused before paho stored it (not connected): queue it again,
-		// unless the connection's end already took it back.
-		if tok.Error() != nil && c.l.tracker().Unexpect(m) {
-			g.stats.publishErrors.Add(1)
-			if !m.Records[0].Announce {
-				_ = s.queue.Put(context.Background(), m.Records, true)
-			}
-		}
-	default:
-	}
+	c.l.send(m)
 }
 
 // qos0Loop completes QoS 0 messages once written, in order.

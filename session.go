@@ -111,6 +111,8 @@ type session struct {
 	echoTopic atomic.Pointer[string]
 	echoed    chan struct{}
 
+	lingering []link // released links whose goroutine may still run
+
 	stopped chan struct{}
 }
 
@@ -150,6 +152,11 @@ func (s *session) current() (linkState, <-chan struct{}) {
 // of the first attempt (nil once the session is up); Dial waits on it.
 func (s *session) run(first chan<- error) {
 	defer close(s.stopped)
+	defer func() {
+		for _, l := range s.lingering {
+			l.release(s.g.opts.connectTimeout + time.Second)
+		}
+	}()
 	g := s.g
 	report := func(err error) {
 		if first != nil {
@@ -159,7 +166,7 @@ func (s *session) run(first chan<- error) {
 	}
 	s.apply(evDial, nil)
 	for attempt := 0; ; {
-		l, err := s.dialer.dial(g.ctx, g.out.onAck)
+		l, err := s.dialer.dial(g.ctx, g.out.onAck, g.opts.maxInflight)
 		switch {
 		case g.closed():
 			report(ErrClosed)
@@ -227,6 +234,16 @@ func (s *session) serve(l link, report func(error)) error {
 	if closing {
 		l.close(250 * time.Millisecond)
 	}
+	// A publish stuck in paho on the dead link ends by paho's write
+	// timeout at the latest; the session does not wait for it unless it
+	// is closing.
+	live := s.lingering[:0]
+	for _, x := range append(s.lingering, l) {
+		if !x.release(0) {
+			live = append(live, x)
+		}
+	}
+	s.lingering = live
 	g.out.takeBack(back, closing)
 	g.failPending(ErrConnectionLost)
 	if errors.Is(err, errHalfOpen) {
