@@ -357,6 +357,16 @@ func (s *sender) loop() {
 		}
 		lim := s.limit()
 		packer.MaxDevices = s.gwBucket.MaxCost(ratelimit.KindTelemetryMessages)
+		if len(c.pending) > 0 {
+			// While devices wait for their announcement, a message takes
+			// no more devices than the window has room for connects:
+			// the first data then follows its connects at once instead
+			// of after every device of a large message is announced.
+			room := max(1, int(s.window.Load())-c.l.tracker().Count()-1)
+			if packer.MaxDevices == 0 || room < packer.MaxDevices {
+				packer.MaxDevices = room
+			}
+		}
 		n := packer.Plan(recs, lim.max, lim.maxPoints, g.opts.qos, g.opts.coalesce)
 		// Linger: give other calls a moment to add to a message that is
 		// not full yet, then look again from the top.

@@ -114,19 +114,17 @@ func (s *Serial) run(job func()) {
 // lane is closed, ctx ends (its error) or stop is closed (nil).
 func (s *Serial) WaitUntil(ctx context.Context, stop <-chan struct{}, ok func() bool) error {
 	for {
-		if ok() {
-			return nil
-		}
+		// Register for the next job's end before looking, so that a job
+		// ending in between is not missed; ok runs without the lock.
 		s.mu.Lock()
-		if ok() || s.closed {
-			s.mu.Unlock()
-			return nil
-		}
 		if s.ran == nil {
 			s.ran = make(chan struct{})
 		}
-		ran := s.ran
+		ran, closed := s.ran, s.closed
 		s.mu.Unlock()
+		if closed || ok() {
+			return nil
+		}
 		select {
 		case <-ran:
 		case <-ctx.Done():
