@@ -359,10 +359,11 @@ func (s *sender) loop() {
 		packer.MaxDevices = s.gwBucket.MaxCost(ratelimit.KindTelemetryMessages)
 		if len(c.pending) > 0 {
 			// While devices wait for their announcement, a message takes
-			// no more devices than the window has room for connects:
-			// the first data then follows its connects at once instead
-			// of after every device of a large message is announced.
-			room := max(1, int(s.window.Load())-c.l.tracker().Count()-1)
+			// at most half a window of devices: the first data then
+			// follows its connects at once instead of after every device
+			// of a large message is announced, and connects still fill
+			// most of the window.
+			room := max(1, int(s.window.Load())/2)
 			if packer.MaxDevices == 0 || room < packer.MaxDevices {
 				packer.MaxDevices = room
 			}

@@ -106,10 +106,11 @@ type session struct {
 	changed chan struct{} // closed and replaced on every change of state
 	upSince time.Time
 
-	connects  int
-	silent    bool // getSessionLimits went unanswered on an earlier connection
-	echoTopic atomic.Pointer[string]
-	echoed    chan struct{}
+	connects    int
+	silent      bool // getSessionLimits went unanswered on an earlier connection
+	limitsKnown bool // an answer was applied
+	echoTopic   atomic.Pointer[string]
+	echoed      chan struct{}
 
 	lingering []link // released links whose goroutine may still run
 
@@ -189,6 +190,9 @@ func (s *session) run(first chan<- error) {
 				attempt = 0
 			}
 			s.apply(evLost, err)
+			if errors.Is(err, errHalfOpen) {
+				l.wait(time.Second) // paho's end of the link it was told of by the socket's close
+			}
 		}
 		t := time.NewTimer(backoff(attempt, g.opts.maxReconnectDelay))
 		select {
@@ -221,13 +225,13 @@ func (s *session) serve(l link, report func(error)) error {
 		g.stats.reconnects.Add(1)
 	}
 	g.out.ownBucket.Charge(ratelimit.MessageCost(1)) // the server counts the session's open
-	limits, err := s.start(l)
+	st, err := s.start(l)
 	if err == nil {
 		g.out.attach(l)
 		s.apply(evReleased, nil)
 		report(nil)
 		g.log.Info("tbgateway: connected", "connects", s.connects)
-		err = s.watch(l, limits)
+		err = s.watch(l, st)
 	}
 	back := g.out.detach(l)
 	closing := g.closed()
@@ -246,9 +250,7 @@ func (s *session) serve(l link, report func(error)) error {
 	s.lingering = live
 	g.out.takeBack(back, closing)
 	g.failPending(ErrConnectionLost)
-	if errors.Is(err, errHalfOpen) {
-		defer l.wait(time.Second)
-	}
+
 	g.out.ownBucket.Charge(ratelimit.MessageCost(1)) // and its close
 	if !closing {
 		g.log.Warn("tbgateway: connection lost", "err", err, "taken_back", len(back))
@@ -256,65 +258,68 @@ func (s *session) serve(l link, report func(error)) error {
 	return err
 }
 
-// start subscribes and asks for the session limits, both at once, and
-// waits for the SUBACK and the answer (or a sign that none will come), so
-// that data is paced from its first byte. It returns the pending limits
-// request when it stopped waiting for it.
-func (s *session) start(l link) (<-chan pending.Reply[[]byte], error) {
+// started is what a connection's start left pending: its SUBACK and the
+// limits answer, which watch takes in when they come.
+type started struct {
+	sub     pubToken
+	subDone <-chan struct{}
+	limits  <-chan pending.Reply[[]byte]
+}
+
+// start sends the SUBSCRIBE and the getSessionLimits request, both at
+// once. On the first connection it waits for the answer (or a sign that
+// none will come: a plain broker's echo, DefaultLimitsWait), so that data
+// is paced from its first byte. Later connections keep the limits last
+// applied and release the sender at once: the SUBSCRIBE and the request
+// precede all data on the wire, so the server handles them first, and a
+// changed answer is applied when it comes.
+func (s *session) start(l link) (started, error) {
 	g := s.g
 	filters := make(map[string]byte, len(subscriptions))
 	for _, f := range subscriptions {
 		filters[f] = g.opts.qos
 	}
-	sub := l.subscribeAsync(filters)
-	subDone := sub.Done()
-	var limits <-chan pending.Reply[[]byte]
-	var wait <-chan time.Time
-	if g.opts.sessionLimits {
-		limits = s.askLimits(l)
-		if !s.silent {
-			t := time.NewTimer(min(g.opts.requestTimeout, DefaultLimitsWait))
-			defer t.Stop()
-			wait = t.C
-		}
+	st := started{sub: l.subscribeAsync(filters)}
+	st.subDone = st.sub.Done()
+	if !g.opts.sessionLimits {
+		return st, nil
 	}
-	subTimeout := time.NewTimer(g.opts.connectTimeout)
-	defer subTimeout.Stop()
-	for subDone != nil || (limits != nil && wait != nil) {
+	st.limits = s.askLimits(l)
+	if s.limitsKnown || s.silent {
+		return st, nil
+	}
+	t := time.NewTimer(min(g.opts.requestTimeout, DefaultLimitsWait))
+	defer t.Stop()
+	for st.limits != nil {
 		select {
-		case <-subDone:
-			if err := sub.Error(); err != nil {
-				g.log.Warn("tbgateway: subscribe failed", "err", err)
-			}
-			subDone = nil
-		case <-subTimeoutC(subDone, subTimeout):
-			return nil, errors.New("tbgateway: no SUBACK within the connect timeout")
-		case r := <-limits:
+		case r := <-st.limits:
 			s.applyLimits(r)
-			limits = nil
+			st.limits = nil
+		case <-st.subDone:
+			s.subscribed(st.sub)
+			st.subDone = nil
 		case <-s.echoed:
 			// A plain MQTT broker handed our request back: no
 			// ThingsBoard will answer it.
-			wait = nil
-		case <-wait:
+			s.silent = true
+			return st, nil
+		case <-t.C:
 			g.log.Info("tbgateway: no session limits yet; sending under the configured ones")
 			s.silent = true
-			wait = nil
+			return st, nil
 		case err := <-l.lost():
-			return nil, err
+			return st, err
 		case <-g.done:
-			return nil, ErrClosed
+			return st, ErrClosed
 		}
 	}
-	return limits, nil
+	return st, nil
 }
 
-// subTimeoutC is the SUBACK timer's channel while the SUBACK is awaited.
-func subTimeoutC(subDone <-chan struct{}, t *time.Timer) <-chan time.Time {
-	if subDone == nil {
-		return nil
+func (s *session) subscribed(sub pubToken) {
+	if err := sub.Error(); err != nil {
+		s.g.log.Warn("tbgateway: subscribe failed", "err", err)
 	}
-	return t.C
 }
 
 // askLimits sends getSessionLimits straight on the link (the sender is
@@ -357,15 +362,17 @@ func (s *session) applyLimits(r pending.Reply[[]byte]) {
 		g.log.Warn("tbgateway: unreadable session limits", "err", err)
 		return
 	}
-	s.silent = false
+	s.silent, s.limitsKnown = false, true
 	g.out.applyLimits(l)
 }
 
 // watch waits for the end of the link: paho's report, a half-open link
-// seen by the read watchdog, or Close. A late limits answer is applied
-// meanwhile.
-func (s *session) watch(l link, limits <-chan pending.Reply[[]byte]) error {
+// seen by the read watchdog, a missing SUBACK, or Close. A late limits
+// answer is applied meanwhile.
+func (s *session) watch(l link, st started) error {
 	g := s.g
+	subTimeout := time.NewTimer(g.opts.connectTimeout)
+	defer subTimeout.Stop()
 	ka := g.opts.keepAlive
 	// paho pings after a keep-alive without traffic and gives up a
 	// quarter later; a link that stays silent longer than that (a
@@ -379,9 +386,15 @@ func (s *session) watch(l link, limits <-chan pending.Reply[[]byte]) error {
 			return err
 		case <-g.done:
 			return nil
-		case r := <-limits:
+		case r := <-st.limits:
 			s.applyLimits(r)
-			limits = nil
+			st.limits = nil
+		case <-st.subDone:
+			s.subscribed(st.sub)
+			st.subDone = nil
+		case <-subTimeoutC(st.subDone, subTimeout):
+			l.kill()
+			return errors.New("tbgateway: no SUBACK within the connect timeout")
 		case <-tick.C:
 			if l.idle() >= ka*11/8 {
 				// Reported at once; paho's end of the link is awaited
@@ -397,3 +410,11 @@ func (s *session) watch(l link, limits <-chan pending.Reply[[]byte]) error {
 // DefaultLimitsWait bounds how long a new connection waits for the
 // getSessionLimits answer before data flows under the configured limits.
 const DefaultLimitsWait = 5 * time.Second
+
+// subTimeoutC is the SUBACK timer's channel while the SUBACK is awaited.
+func subTimeoutC(subDone <-chan struct{}, t *time.Timer) <-chan time.Time {
+	if subDone == nil {
+		return nil
+	}
+	return t.C
+}
