@@ -440,7 +440,7 @@ func (g *Gateway) deliverUpdate(u AttributeUpdate, size int) {
 		g.log.Debug("tbgateway: attribute update without handler", "device", device)
 		return
 	}
-	if !g.lanes.updates.Submit(func() { h(g.ctx, u) }, size) {
+	if !g.lanes.updates.Submit(func() { h(g.life.ctx, u) }, size) {
 		g.stats.handlerDropped.Add(1)
 		g.log.Warn("tbgateway: attribute update dropped: handler queue full", "device", device)
 	}

@@ -170,7 +170,7 @@ func (g *Gateway) onDeviceNotice(req *RPCRequest) error {
 				// Open the session under the new name so that its RPCs
 				// and attribute updates keep coming.
 				r := &outbox.Record{Topic: topicGatewayConnect, Body: encodeConnect(renamed, profile), DeviceName: renamed, Note: profile}
-				if err := g.enqueue(g.ctx, r.Alone(), nil); err != nil {
+				if err := g.enqueue(g.life.ctx, r.Alone(), nil); err != nil {
 					return err
 				}
 			}
@@ -242,13 +242,13 @@ func (g *Gateway) refreshLoop() {
 	defer t.Stop()
 	for {
 		select {
-		case <-g.done:
+		case <-g.life.done:
 			return
 		case <-t.C:
 		}
 		for _, d := range g.reg.quiet(time.Now().Add(-g.opts.sessionRefresh).UnixNano()) {
 			r := &outbox.Record{Topic: topicGatewayConnect, Body: encodeConnect(d.Name, d.Profile), DeviceName: d.Name, Note: d.Profile}
-			if err := g.enqueue(g.ctx, r.Alone(), nil); err != nil {
+			if err := g.enqueue(g.life.ctx, r.Alone(), nil); err != nil {
 				if g.closed() {
 					return
 				}

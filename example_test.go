@@ -189,3 +189,39 @@ func ExampleDial_refused() {
 	fmt.Println(errors.As(err, &ce), ce.Code)
 	// Output: true 5
 }
+
+// A gateway that boots before its network: Dial returns at once, the
+// device's connect and its data wait in the queue, and go out in that
+// order once the server is reachable.
+func ExampleWithOfflineStart() {
+	srv := tbtest.NewServer(nil)
+	defer srv.Close()
+	srv.Stop() // not reachable yet
+	ctx := context.Background()
+
+	gw, err := tbgateway.Dial(ctx, srv.URL(), tbgateway.WithAccessToken(tbtest.DefaultToken), tbgateway.WithOfflineStart())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer gw.Close(ctx)
+	fmt.Println("connected:", gw.Connected())
+
+	// Connect cannot be acknowledged yet: it stays queued (ErrEnqueued).
+	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	_, err = gw.Connect(short, "Meter 1", tbgateway.WithDeviceProfile("meter"))
+	cancel()
+	fmt.Println("connect queued:", errors.Is(err, tbgateway.ErrEnqueued))
+	done := make(chan error, 1)
+	_ = gw.Device("Meter 1").PublishTelemetryAsync(ctx, func(err error) { done <- err }, tbgateway.Entry{TS: 1700000000000, Values: tbgateway.Values{"kwh": 12}})
+
+	_ = srv.Start() // the network comes up
+	fmt.Println("delivered:", <-done)
+	d, _ := srv.Device("Meter 1")
+	fmt.Println(d.Name, d.Profile, srv.TelemetryCount("Meter 1"))
+	// Output:
+	// connected: false
+	// connect queued: true
+	// delivered: <nil>
+	// Meter 1 meter 1
+}

@@ -80,10 +80,7 @@ type Gateway struct {
 	opts options
 	log  *slog.Logger
 
-	ctx    context.Context // given to handlers and waits; cancelled by Close
-	cancel context.CancelFunc
-	done   chan struct{} // closed by Close
-	once   sync.Once
+	life life
 
 	sess  *session // the connection's life
 	out   *sender  // the outbound path
@@ -92,15 +89,22 @@ type Gateway struct {
 	req   requests // ids and replies awaited
 	lanes lanes    // where callbacks and handlers run
 	stats counters // Stats
-	// cbPending counts outcomes whose callback has not run yet.
-	cbPending atomic.Int64
-	echo      echoFilter
-	self      GatewayDevice
+	echo  echoFilter
+	self  GatewayDevice
+}
+
+// life is the gateway's own lifetime.
+type life struct {
+	ctx    context.Context // given to handlers and waits; cancelled by Close
+	cancel context.CancelFunc
+	done   chan struct{} // closed by Close
+	once   sync.Once
 }
 
 // lanes run user code off paho's goroutines: handlers in bounded lanes,
 // callbacks and events in order.
 type lanes struct {
+	cbPending atomic.Int64     // outcomes whose callback has not run yet
 	updates   *dispatch.Lane   // attribute-update handlers, in order
 	rpcs      *dispatch.Lane   // RPC handlers
 	callbacks *dispatch.Serial // async publish callbacks
@@ -133,9 +137,9 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 	if o.clientID == "" {
 		o.clientID = randomClientID()
 	}
-	g := &Gateway{opts: o, log: o.logger, done: make(chan struct{})}
+	g := &Gateway{opts: o, log: o.logger, life: life{done: make(chan struct{})}}
 	g.self.g = g
-	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.life.ctx, g.life.cancel = context.WithCancel(context.Background())
 	onPanic := func(v any, stack []byte) {
 		g.stats.panics.Add(1)
 		g.log.Error("tbgateway: handler panicked", "panic", v, "stack", string(stack))
@@ -197,7 +201,7 @@ func safeURL(u *url.URL) string {
 // after Close returns ErrClosed. Close is idempotent.
 func (g *Gateway) Close(ctx context.Context) error {
 	first := false
-	g.once.Do(func() { first = true })
+	g.life.once.Do(func() { first = true })
 	if !first {
 		return nil
 	}
@@ -209,8 +213,8 @@ func (g *Gateway) Close(ctx context.Context) error {
 
 // stop ends every goroutine of the gateway, waiting until ctx ends.
 func (g *Gateway) stop(ctx context.Context) error {
-	close(g.done)
-	g.cancel()
+	close(g.life.done)
+	g.life.cancel()
 	var err error
 	for _, ch := range []<-chan struct{}{g.sess.stopped, g.out.stopped} {
 		select {
@@ -236,7 +240,7 @@ func (g *Gateway) stop(ctx context.Context) error {
 }
 
 func (g *Gateway) shutdown() {
-	g.cancel()
+	g.life.cancel()
 	g.lanes.updates.Close()
 	g.lanes.rpcs.Close()
 	g.failPending(ErrClosed)
@@ -253,7 +257,7 @@ func (g *Gateway) shutdown() {
 
 func (g *Gateway) closed() bool {
 	select {
-	case <-g.done:
+	case <-g.life.done:
 		return true
 	default:
 		return false
@@ -326,9 +330,9 @@ func (g *Gateway) fail(w *outbox.Waiter, err error) {
 // callback lane, in order. Once the lane is closed (Close), on the
 // caller's goroutine: an outcome is never lost.
 func (g *Gateway) runCallbacks(n int, job func()) {
-	g.cbPending.Add(int64(n))
+	g.lanes.cbPending.Add(int64(n))
 	run := func() {
-		defer g.cbPending.Add(-int64(n))
+		defer g.lanes.cbPending.Add(-int64(n))
 		job()
 	}
 	if !g.lanes.callbacks.Submit(run) {
@@ -341,7 +345,7 @@ func (g *Gateway) runCallbacks(n int, job func()) {
 // sender and the publishers, as a full queue does, instead of memory
 // growing.
 func (g *Gateway) callbacksBehind() bool {
-	return g.cbPending.Load() > int64(g.opts.queueMsgs)
+	return g.lanes.cbPending.Load() > int64(g.opts.queueMsgs)
 }
 
 // waitCallbacks holds an async publish while the callbacks are behind:
@@ -354,7 +358,7 @@ func (g *Gateway) waitCallbacks(ctx context.Context) error {
 		g.stats.refused.Add(1)
 		return fmt.Errorf("%w: the callbacks are behind", ErrQueueFull)
 	}
-	return g.lanes.callbacks.WaitUntil(ctx, g.done, func() bool { return !g.callbacksBehind() })
+	return g.lanes.callbacks.WaitUntil(ctx, g.life.done, func() bool { return !g.callbacksBehind() })
 }
 
 func (g *Gateway) failRecords(m *outbox.Message, err error) {

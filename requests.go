@@ -60,7 +60,7 @@ func await[V any](ctx context.Context, g *Gateway, ch <-chan pending.Reply[V], c
 		cancel()
 		var zero V
 		return zero, fmt.Errorf("tbgateway: waiting for reply: %w", ctx.Err())
-	case <-g.done:
+	case <-g.life.done:
 		cancel()
 		var zero V
 		return zero, ErrClosed

@@ -264,7 +264,7 @@ func (g *Gateway) serveRPC(h RPCHandler, req *RPCRequest) {
 func (g *Gateway) reply(req *RPCRequest, result any, err error) {
 	defer g.hs.finish(rpcKey{req.Device, req.ID})
 	topic, payload := encodeRPCReply(req, result, err)
-	if err := g.publish(g.ctx, &outbox.Record{Topic: topic, Body: payload, DeviceName: req.Device}); err != nil {
+	if err := g.publish(g.life.ctx, &outbox.Record{Topic: topic, Body: payload, DeviceName: req.Device}); err != nil {
 		g.log.Warn("tbgateway: sending RPC reply failed", "device", req.Device, "method", req.Method, "request_id", req.ID, "err", err)
 	}
 }
@@ -277,7 +277,7 @@ func (g *Gateway) callHandler(h RPCHandler, req *RPCRequest) (result any, err er
 			result, err = nil, fmt.Errorf("handler panicked: %v", v)
 		}
 	}()
-	return h.HandleRPC(g.ctx, req)
+	return h.HandleRPC(g.life.ctx, req)
 }
 
 // encodeRPCReply builds the reply: {"device":D,"id":N,"data":...} on

@@ -147,18 +147,23 @@ func (s *sender) takeBack(back []*outbox.Message, closing bool) {
 	}
 	var recs []*outbox.Record
 	for _, m := range back {
-		if m == poison {
+		if m == poison || m.Records[0].Announce {
 			continue
 		}
-		for _, r := range m.Records {
-			if !r.Announce {
-				recs = append(recs, r)
-			}
-		}
+		recs = append(recs, m.Records...)
 		s.g.stats.resent.Add(1)
 	}
-	if len(recs) > 0 {
-		_ = s.queue.Put(context.Background(), recs, true)
+	if len(recs) == 0 {
+		return
+	}
+	if err := s.queue.Put(context.Background(), recs, true); err != nil {
+		// Closed already (Close's context ended first): say so to
+		// whoever waits; a durable store keeps them.
+		for _, r := range recs {
+			if r.Waiter != nil {
+				s.g.fail(r.Waiter, ErrClosed)
+			}
+		}
 	}
 }
 
@@ -218,7 +223,7 @@ func (s *sender) send(ctx context.Context, recs []*outbox.Record) error {
 		return w.Err()
 	case <-ctx.Done():
 		return fmt.Errorf("%w: not yet acknowledged: %w", ErrEnqueued, ctx.Err())
-	case <-s.g.done:
+	case <-s.g.life.done:
 		// Close fails what it cannot send; its outcome comes soon.
 		<-w.Done()
 		return w.Err()
@@ -327,7 +332,7 @@ func (s *sender) loop() {
 				select {
 				case <-changed:
 				case <-s.wakeCh:
-				case <-g.done:
+				case <-g.life.done:
 					return
 				}
 				continue
@@ -337,7 +342,7 @@ func (s *sender) loop() {
 			select {
 			case <-s.wakeCh:
 			case <-c.gone:
-			case <-g.done:
+			case <-g.life.done:
 				return
 			}
 			continue
@@ -350,7 +355,7 @@ func (s *sender) loop() {
 			select {
 			case <-changed:
 			case <-c.gone:
-			case <-g.done:
+			case <-g.life.done:
 				return
 			}
 			continue
@@ -381,7 +386,7 @@ func (s *sender) loop() {
 				case <-changed:
 				case <-t.C:
 				case <-c.gone:
-				case <-g.done:
+				case <-g.life.done:
 					t.Stop()
 					return
 				}
@@ -475,7 +480,7 @@ func (s *sender) announceFor(c *conn, recs []*outbox.Record) bool {
 		if limited {
 			// Its first data connects it implicitly: two messages of
 			// the gateway's bucket before the data's own cost.
-			if err := s.gwBucket.Wait(s.g.ctx, ratelimit.MessageCost(2)); err != nil {
+			if err := s.gwBucket.Wait(s.g.life.ctx, ratelimit.MessageCost(2)); err != nil {
 				return true
 			}
 		}
@@ -540,7 +545,7 @@ func (s *sender) pace(m *outbox.Message) error {
 	default:
 		cost = ratelimit.MessageCost(1)
 	}
-	err := bucket.Wait(s.g.ctx, cost)
+	err := bucket.Wait(s.g.life.ctx, cost)
 	if errors.Is(err, ratelimit.ErrCostExceedsBurst) {
 		return fmt.Errorf("%w: %v", ErrRateLimit, err)
 	}
@@ -572,7 +577,7 @@ func (s *sender) transmit(c *conn, m *outbox.Message) {
 		m.Token = c.l.publish(m.Topic, 0, m.Payload)
 		select {
 		case s.qos0 <- m:
-		case <-g.done:
+		case <-g.life.done:
 		}
 		return
 	}
@@ -587,7 +592,7 @@ func (s *sender) qos0Loop() {
 		case m := <-s.qos0:
 			select {
 			case <-m.Token.Done():
-			case <-g.done:
+			case <-g.life.done:
 				return
 			}
 			if err := m.Token.Error(); err != nil {
@@ -596,7 +601,7 @@ func (s *sender) qos0Loop() {
 				continue
 			}
 			s.onAck(m)
-		case <-g.done:
+		case <-g.life.done:
 			return
 		}
 	}

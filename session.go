@@ -167,7 +167,7 @@ func (s *session) run(first chan<- error) {
 	}
 	s.apply(evDial, nil)
 	for attempt := 0; ; {
-		l, err := s.dialer.dial(g.ctx, g.out.onAck, g.opts.maxInflight)
+		l, err := s.dialer.dial(g.life.ctx, g.out.onAck, g.opts.maxInflight)
 		switch {
 		case g.closed():
 			report(ErrClosed)
@@ -197,7 +197,7 @@ func (s *session) run(first chan<- error) {
 		t := time.NewTimer(backoff(attempt, g.opts.maxReconnectDelay))
 		select {
 		case <-t.C:
-		case <-g.done:
+		case <-g.life.done:
 			t.Stop()
 			report(ErrClosed)
 			return
@@ -309,7 +309,7 @@ func (s *session) start(l link) (started, error) {
 			return st, nil
 		case err := <-l.lost():
 			return st, err
-		case <-g.done:
+		case <-g.life.done:
 			return st, ErrClosed
 		}
 	}
@@ -384,7 +384,7 @@ func (s *session) watch(l link, st started) error {
 		select {
 		case err := <-l.lost():
 			return err
-		case <-g.done:
+		case <-g.life.done:
 			return nil
 		case r := <-st.limits:
 			s.applyLimits(r)
