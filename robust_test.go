@@ -3,6 +3,7 @@ package tbgateway_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"math"
 	"strings"
 	"sync/atomic"
@@ -150,6 +151,43 @@ func TestDuplicateRPCWhileRunning(t *testing.T) {
 	close(release)
 	require.Eventually(t, func() bool { return g.Stats().Received >= 3 }, wait, time.Millisecond)
 	assert.Equal(t, int32(2), calls.Load())
+	assert.Equal(t, uint64(1), g.Stats().DuplicateRPCs, "the duplicate is counted")
+}
+
+// TestRPCLaneFullAnswersWithError: an RPC that finds its handler lane full
+// is answered with an error at once instead of being dropped silently, and
+// the lane is bounded in bytes as well as in count.
+func TestRPCLaneFullAnswersWithError(t *testing.T) {
+	srv := tbtest.NewServer(t)
+	g := dialTB(t, srv, tb.WithHandlerQueue(1, 1), tb.WithHandlerQueueBytes(4096))
+	ctx := ctxT(t)
+	_, err := g.Connect(ctx, "busy")
+	require.NoError(t, err)
+	started := make(chan struct{}, 4)
+	release := make(chan struct{})
+	g.OnRPC(tb.RPCHandlerFunc(func(context.Context, *tb.RPCRequest) (any, error) {
+		started <- struct{}{}
+		<-release
+		return "done", nil
+	}))
+	first := make(chan json.RawMessage, 1)
+	go func() { r, _ := srv.RPC(ctx, "busy", "work", nil); first <- r }()
+	<-started // the one worker is busy
+	second := make(chan json.RawMessage, 1)
+	before := g.Stats().Received
+	go func() { r, _ := srv.RPC(ctx, "busy", "work", map[string]string{"n": "2"}); second <- r }()
+	require.Eventually(t, func() bool { return g.Stats().Received > before }, wait, time.Millisecond)
+	// The lane holds one job; a third, and a large one, find it full.
+	big := strings.Repeat("x", 8192)
+	for _, params := range []any{map[string]string{"n": "3"}, map[string]string{"big": big}} {
+		r, err := srv.RPC(ctx, "busy", "work", params)
+		require.NoError(t, err)
+		assert.JSONEq(t, `{"error":"tbgateway: handler queue full"}`, string(r))
+	}
+	close(release)
+	assert.JSONEq(t, `"done"`, string(<-first))
+	assert.JSONEq(t, `"done"`, string(<-second))
+	assert.Equal(t, uint64(2), g.Stats().HandlerDropped)
 }
 
 func TestPayloadTooLarge(t *testing.T) {
