@@ -281,16 +281,21 @@ func (s *session) start(l link) (started, error) {
 	}
 	st := started{sub: l.subscribeAsync(filters)}
 	st.subDone = st.sub.Done()
-	if !g.opts.sessionLimits {
+	if g.opts.sessionLimits {
+		st.limits = s.askLimits(l)
+	}
+	// Dial promises its subscriptions: the first connection waits for
+	// the SUBACK too (a plain broker drops what comes before it).
+	waitSub := s.connects == 1
+	waitLimits := st.limits != nil && !s.limitsKnown && !s.silent
+	if !waitSub && !waitLimits {
 		return st, nil
 	}
-	st.limits = s.askLimits(l)
-	if s.limitsKnown || s.silent {
-		return st, nil
-	}
-	t := time.NewTimer(min(g.opts.requestTimeout, DefaultLimitsWait))
-	defer t.Stop()
-	for st.limits != nil {
+	limitsTimer := time.NewTimer(min(g.opts.requestTimeout, DefaultLimitsWait))
+	defer limitsTimer.Stop()
+	subTimer := time.NewTimer(g.opts.connectTimeout)
+	defer subTimer.Stop()
+	for (waitSub && st.subDone != nil) || (waitLimits && st.limits != nil) {
 		select {
 		case r := <-st.limits:
 			s.applyLimits(r)
@@ -298,15 +303,16 @@ func (s *session) start(l link) (started, error) {
 		case <-st.subDone:
 			s.subscribed(st.sub)
 			st.subDone = nil
+		case <-subTimeoutC(st.subDone, subTimer):
+			l.kill()
+			return st, errors.New("tbgateway: no SUBACK within the connect timeout")
 		case <-s.echoed:
 			// A plain MQTT broker handed our request back: no
 			// ThingsBoard will answer it.
-			s.silent = true
-			return st, nil
-		case <-t.C:
+			s.silent, waitLimits = true, false
+		case <-limitsTimeoutC(waitLimits, limitsTimer):
 			g.log.Info("tbgateway: no session limits yet; sending under the configured ones")
-			s.silent = true
-			return st, nil
+			s.silent, waitLimits = true, false
 		case err := <-l.lost():
 			return st, err
 		case <-g.life.done:
@@ -314,6 +320,14 @@ func (s *session) start(l link) (started, error) {
 		}
 	}
 	return st, nil
+}
+
+// limitsTimeoutC is the limits timer's channel while the answer is awaited.
+func limitsTimeoutC(waiting bool, t *time.Timer) <-chan time.Time {
+	if !waiting {
+		return nil
+	}
+	return t.C
 }
 
 func (s *session) subscribed(sub pubToken) {
