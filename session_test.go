@@ -286,6 +286,23 @@ func TestCloseInEveryState(t *testing.T) {
 			go func() { _, _ = g.Self().Call(context.Background(), "never-answered", nil) }()
 			return g
 		},
+		"announcing": func(t *testing.T, srv *tbtest.Server) *tb.Gateway {
+			// Connects are paced: 9 use up the burst, and announcing
+			// them again after the cut waits for tokens.
+			opt, ups := upEvents()
+			g, err := tb.Dial(ctxT(t), srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), opt,
+				tb.WithRateLimits(tb.RateLimits{}, tb.RateLimits{Messages: "30:10"}), tb.WithoutSessionLimits())
+			require.NoError(t, err)
+			<-ups
+			for d := range 9 {
+				_, err := g.Connect(ctxT(t), "announce-"+string(rune('a'+d)))
+				require.NoError(t, err)
+			}
+			require.True(t, srv.DropConnection(tbtest.DefaultToken))
+			<-ups
+			require.NoError(t, g.Device("announce-a").PublishTelemetryAsync(ctxT(t), nil, tb.Entry{Values: tb.Values{"a": 1}}))
+			return g
+		},
 		"right after a cut": func(t *testing.T, srv *tbtest.Server) *tb.Gateway {
 			g := dialOwned(t, srv)
 			require.NoError(t, g.Device("d").PublishTelemetryAsync(ctxT(t), nil, tb.Entry{Values: tb.Values{"a": 1}}))
