@@ -151,9 +151,11 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 		callbacks: dispatch.NewSerial(onPanic, 0, g.out.wake),
 		events:    dispatch.NewSerial(onPanic, 0, nil),
 	}
-	if o.durablePath != "" {
-		if err := g.out.openDurable(ctx, o.durablePath); err != nil {
+	if o.store != nil {
+		g.out.durable = &store{o.store}
+		if err := g.out.restore(ctx); err != nil {
 			g.shutdown()
+			_ = o.store.Close()
 			return nil, err
 		}
 	}
@@ -195,7 +197,7 @@ func safeURL(u *url.URL) string {
 // for queued data to be sent and acknowledged; then handlers are told to
 // stop through their contexts, pending requests fail with ErrClosed, and the
 // MQTT connection is closed cleanly. Data still queued then fails with
-// ErrClosed, or stays on disk with WithDurableQueue. It waits for the
+// ErrClosed, or stays in the WithQueueStore store. It waits for the
 // gateway's goroutines and running handlers until ctx ends, and returns
 // by then in every state (offline, pacing, announcing). Every call made
 // after Close returns ErrClosed. Close is idempotent.
@@ -232,7 +234,7 @@ func (g *Gateway) stop(ctx context.Context) error {
 		}
 	}
 	if g.out.durable != nil {
-		if cerr := g.out.durable.Close(); cerr != nil && err == nil {
+		if cerr := g.out.durable.s.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}

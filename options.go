@@ -84,7 +84,7 @@ type options struct {
 	maxInflight                  int
 	coalesce                     bool
 	linger                       time.Duration
-	durablePath                  string
+	store                        QueueStore
 	onConnection                 func(ConnectionEvent)
 	poisonThreshold              int
 	onDevice                     func(DeviceEvent)
@@ -362,7 +362,7 @@ func WithPahoOptions(f func(*mqtt.ClientOptions)) Option {
 // Block. Under a sustained load the queue stays full, so its size is the
 // latency every call pays (about 10 ms by default at 7 M points/s) and
 // gains no throughput; raise it to ride out long outages without blocking
-// callers, or use WithDurableQueue.
+// callers, or use WithQueueStore.
 func WithQueue(maxMessages, maxBytes int, policy OverflowPolicy) Option {
 	return func(o *options) error {
 		if maxMessages < 1 || maxBytes < 1 {
@@ -414,22 +414,6 @@ func WithCoalescing(linger time.Duration) Option {
 func WithoutCoalescing() Option {
 	return func(o *options) error {
 		o.coalesce, o.linger = false, 0
-		return nil
-	}
-}
-
-// WithDurableQueue keeps the outbound queue in a bbolt database at path,
-// so that data a publish call accepted survives a crash or power cut: a
-// record is removed only after the server's PUBACK, and what is left is sent
-// first after the next Dial. Delivery is at least once: a message in flight
-// at a crash or a connection loss may reach the server twice
-// (Stats.Resent, Stats.Restored).
-func WithDurableQueue(path string) Option {
-	return func(o *options) error {
-		if path == "" {
-			return invalid("empty durable queue path")
-		}
-		o.durablePath = path
 		return nil
 	}
 }
@@ -522,7 +506,7 @@ func WithRateLimitMargin(m float64) Option {
 // WithOfflineStart makes Dial return at once, before the first connection
 // is made, instead of failing when the server cannot be reached: a gateway
 // that boots before its network queues what it is given (in memory, or on
-// disk with WithDurableQueue) and keeps trying to connect with back-off.
+// disk with WithQueueStore) and keeps trying to connect with back-off.
 // Connect calls are queued like data, and their devices are announced once
 // connected. Connection failures, refused credentials included, are
 // reported to WithConnectionListener and the log instead of returned. Off

@@ -72,7 +72,7 @@ func (s *sender) checkPoison(m *outbox.Message) *outbox.Message {
 	}
 	s.poisonMu.Unlock()
 	if s.durable != nil {
-		s.durable.SetAside(m.Records)
+		s.durable.setAside(m.Records)
 	}
 	g.failRecords(m, fmt.Errorf("%w: %s message of %d bytes", ErrPoisonMessage, m.Topic, len(m.Payload)))
 	return m

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	tb "github.com/thingsgate/tbgateway"
+	"github.com/thingsgate/tbgateway/durable"
 	"github.com/thingsgate/tbgateway/tbtest"
 )
 
@@ -63,8 +64,13 @@ func TestDurableChild(t *testing.T) {
 	if os.Getenv(envChild) == "" {
 		return
 	}
+	q, err := durable.Open(os.Getenv(envDB))
+	if err != nil {
+		fmt.Println("open:", err)
+		os.Exit(2)
+	}
 	g, err := tb.Dial(context.Background(), os.Getenv(envURL), tb.WithAccessToken(tbtest.DefaultToken),
-		tb.WithDurableQueue(os.Getenv(envDB)))
+		tb.WithQueueStore(q))
 	if err != nil {
 		fmt.Println("dial:", err)
 		os.Exit(2)
@@ -93,7 +99,7 @@ func TestDurableChild(t *testing.T) {
 func TestDurableQueueSurvivesKill(t *testing.T) {
 	srv := tbtest.NewServer(t)
 	srv.DelayAcks(20 * time.Millisecond) // let a backlog build up
-	db := filepath.Join(t.TempDir(), "queue.db")
+	db := filepath.Join(t.TempDir(), "queue")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestDurableChild$", "-test.count=1")
 	cmd.Env = append(os.Environ(), envChild+"=1", envURL+"="+srv.URL(), envDB+"="+db)
 	stdout, err := cmd.StdoutPipe()
@@ -127,7 +133,9 @@ func TestDurableQueueSurvivesKill(t *testing.T) {
 	require.Less(t, arrivedBefore, accepted, "nothing was left to recover; slow the server down")
 
 	srv.DelayAcks(0)
-	g, err := tb.Dial(ctxT(t), srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithDurableQueue(db))
+	q, err := durable.Open(db)
+	require.NoError(t, err)
+	g, err := tb.Dial(ctxT(t), srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithQueueStore(q))
 	require.NoError(t, err)
 	restored := g.Stats().Restored
 	require.NoError(t, g.Close(ctxT(t))) // Close flushes while connected

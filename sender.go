@@ -23,7 +23,7 @@ import (
 type sender struct {
 	g          *Gateway
 	queue      *outbox.Queue
-	durable    *outbox.BoltStore // nil without WithDurableQueue
+	durable    *store            // nil without WithQueueStore
 	gwBucket   *ratelimit.Bucket // sub-device traffic (v1/gateway/*), shared
 	ownBucket  *ratelimit.Bucket // the gateway's own traffic (v1/devices/me/*)
 	maxPayload atomic.Int64      // the server's limit, as last reported
@@ -251,13 +251,13 @@ func (s *sender) put(ctx context.Context, recs []*outbox.Record) error {
 		return ErrClosed
 	}
 	if s.durable != nil {
-		if err := s.durable.Append(recs); err != nil {
-			return fmt.Errorf("tbgateway: durable queue: %w", err)
+		if err := s.durable.append(recs); err != nil {
+			return fmt.Errorf("tbgateway: queue store: %w", err)
 		}
 	}
 	err := s.queue.Put(ctx, recs, false)
 	if err != nil && s.durable != nil {
-		s.durable.Remove(recs)
+		s.durable.remove(recs)
 	}
 	switch {
 	case err == nil:
@@ -277,7 +277,7 @@ func (s *sender) put(ctx context.Context, recs []*outbox.Record) error {
 func (s *sender) onDrop(r *outbox.Record) {
 	s.g.stats.droppedOverflow.Add(1)
 	if s.durable != nil {
-		s.durable.Remove([]*outbox.Record{r})
+		s.durable.remove([]*outbox.Record{r})
 	}
 	if r.Waiter != nil {
 		s.g.fail(r.Waiter, ErrDropped)
@@ -616,7 +616,7 @@ func (s *sender) onAck(m *outbox.Message) {
 		s.suspect.CompareAndSwap(p, nil)
 	}
 	if s.durable != nil {
-		s.durable.Remove(m.Records)
+		s.durable.remove(m.Records)
 	}
 	// Two passes. By now the records have long left the CPU's caches, and
 	// an atomic update stalls on its miss before the next can start, while
@@ -650,22 +650,4 @@ func (s *sender) onAck(m *outbox.Message) {
 	}
 	s.wake()
 	s.notifyProgress()
-}
-
-// openDurable opens the durable queue; what it holds from before a
-// restart goes first.
-func (s *sender) openDurable(ctx context.Context, path string) error {
-	st, recs, err := outbox.OpenBolt(path)
-	if err != nil {
-		return fmt.Errorf("tbgateway: durable queue: %w", err)
-	}
-	s.durable = st
-	if len(recs) > 0 {
-		if err := s.queue.Put(ctx, recs, true); err != nil {
-			return fmt.Errorf("tbgateway: durable queue: %w", err)
-		}
-		s.g.stats.restored.Add(uint64(len(recs)))
-		s.g.log.Info("tbgateway: restored queued messages from disk", "records", len(recs))
-	}
-	return nil
 }

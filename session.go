@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -397,6 +398,9 @@ func (s *session) watch(l link, st started) error {
 	for {
 		select {
 		case err := <-l.lost():
+			if err != nil && strings.Contains(err.Error(), "pingresp not received") {
+				g.stats.halfOpen.Add(1) // paho's own keep-alive noticed first
+			}
 			return err
 		case <-g.life.done:
 			return nil

@@ -12,7 +12,8 @@ type Stats struct {
 	Acknowledged   uint64 // messages confirmed (PUBACK at QoS 1, written at QoS 0)
 	DataPoints     uint64 // data points in acknowledged messages
 	Resent         uint64 // messages taken back from a lost connection to send again (possible duplicates at the server)
-	Restored       uint64 // records loaded from the durable queue at Dial (possible duplicates)
+	Restored       uint64 // records loaded from the queue store at Dial (possible duplicates)
+	Unrestorable   uint64 // records the queue store returned at Dial that could not be decoded, dropped
 	Refused        uint64 // calls refused because the queue (or the callback lane) was full (FailFast)
 	Dropped        uint64 // records evicted by DropOldest
 	Poisoned       uint64 // messages set aside as poison
@@ -25,7 +26,7 @@ type Stats struct {
 	DuplicateRPCs  uint64 // RPCs received again while their handler still ran, dropped
 	HandlerPanics  uint64 // handler panics recovered
 	Reconnects     uint64 // successful reconnects after the first connection
-	HalfOpen       uint64 // connections cut because nothing arrived for 1.5 × keep-alive
+	HalfOpen       uint64 // connections ended because nothing arrived within 1.5 × keep-alive (the watchdog or a missing PINGRESP)
 	Announced      uint64 // devices announced again on new connections
 	Refreshed      uint64 // quiet devices announced again (WithSessionRefresh)
 	LimitsApplied  uint64 // getSessionLimits answers applied
@@ -37,7 +38,7 @@ type counters struct {
 	handlerDropped, panics, reconnects, points, resent           atomic.Uint64
 	restored, refused, droppedOverflow, poisoned, announced      atomic.Uint64
 	refreshed, limitsApplied, isolated, halfOpen, duplicateRPCs  atomic.Uint64
-	eventsLost                                                   atomic.Uint64
+	eventsLost, unrestorable                                     atomic.Uint64
 }
 
 // Stats returns the current counters. It never blocks for long.
@@ -54,6 +55,7 @@ func (g *Gateway) Stats() Stats {
 		DataPoints:     s.points.Load(),
 		Resent:         s.resent.Load(),
 		Restored:       s.restored.Load(),
+		Unrestorable:   s.unrestorable.Load(),
 		Refused:        s.refused.Load(),
 		Dropped:        s.droppedOverflow.Load(),
 		Poisoned:       s.poisoned.Load(),

@@ -139,7 +139,7 @@ func (g *Gateway) PublishTelemetry(ctx context.Context, t Telemetry) error {
 
 // PublishTelemetryAsync queues t like PublishTelemetry but returns as soon
 // as the data is accepted into the outbound queue (and, with
-// WithDurableQueue, written to disk). The data is encoded before it
+// WithQueueStore, written to its store). The data is encoded before it
 // returns, so t and its entries may be reused at once. done, if not nil, is called once
 // with the outcome: nil when the server acknowledged all of it. ctx bounds
 // only the wait for room in a full queue (WithQueue).

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -347,46 +346,13 @@ func TestWaiter(t *testing.T) {
 	assert.EqualError(t, w.Err(), "lost")
 }
 
-func TestBoltRoundTrip(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "q.db")
-	s, recs, err := OpenBolt(path)
-	require.NoError(t, err)
-	assert.Empty(t, recs)
-	in := []*Record{
-		tele("Dev \"A\"", `{"ts":1,"values":{"a":1.0}}`, 1),
-		{Kind: Raw, Topic: "v1/gateway/connect", Body: []byte(`{"device":"B","type":"P"}`), DeviceName: "B", Note: "P"},
-		{Kind: Attributes, Device: `"C"`, DeviceName: "C", Body: []byte(`"k":"v"`), Points: 1},
-	}
-	require.NoError(t, s.Append(in))
-	s.Remove(in[:1])
-	s.SetAside(in[2:])
-	require.NoError(t, s.Close())
-
-	s, recs, err = OpenBolt(path)
-	require.NoError(t, err)
-	defer s.Close()
-	require.Len(t, recs, 1)
-	assert.Equal(t, in[1].Body, recs[0].Body)
-	assert.Equal(t, in[1].Topic, recs[0].Topic)
-	assert.Equal(t, "P", recs[0].Note)
-	assert.Equal(t, in[1].Seq, recs[0].Seq)
-	q, p, err := s.Len()
-	require.NoError(t, err)
-	assert.Equal(t, 1, q)
-	assert.Equal(t, 1, p)
-	// New records are numbered after the loaded ones.
-	more := []*Record{tele("D", `{}`, 0)}
-	require.NoError(t, s.Append(more))
-	assert.Greater(t, more[0].Seq, recs[0].Seq)
-}
-
 func TestDecodeRecordRejectsGarbage(t *testing.T) {
 	for _, b := range [][]byte{nil, {9, 0}, {recordVersion, 0, 200}, {recordVersion, 0, 1, 'a', 5}} {
-		_, err := decodeRecord(b)
+		_, err := DecodeRecord(b)
 		assert.Error(t, err, "%v", b)
 	}
 	r := &Record{Kind: Telemetry, Topic: "", Device: `"x"`, DeviceName: "x", Note: "n", Points: 7, Body: []byte("body")}
-	back, err := decodeRecord(encodeRecord(r))
+	back, err := DecodeRecord(AppendRecord(nil, r))
 	require.NoError(t, err)
 	assert.Equal(t, r, back)
 }

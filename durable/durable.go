@@ -1,0 +1,839 @@
+// Package durable is a store-and-forward queue on disk for tbgateway: an
+// append-only, checksummed, segmented log that keeps what a publish call
+// accepted until the server acknowledged it, across crashes and restarts.
+//
+//	q, err := durable.Open("/var/lib/gateway/queue")
+//	if err != nil { ... } // a *DamageError when the files are damaged
+//	gw, err := tbgateway.Dial(ctx, url, tbgateway.WithQueueStore(q), ...)
+//
+// # Files
+//
+// The folder holds segments, seg-<first id>.log, each an 8-byte header
+// ("TBGWQ" and a version) followed by frames:
+//
+//	length uint32 LE | crc32c(id, time, record) uint32 LE | id uint64 LE | time int64 LE | record
+//
+// (length counts the time and the record; time is when it was written,
+// in unix nanoseconds.)
+//
+// ids are consecutive from one Append to the next, so a gap between two
+// readable frames counts exactly the records lost there. New frames go
+// to the newest segment; a segment whose every record was removed is
+// deleted. The file "acked" holds the lowest id not yet removed (with its
+// checksum), written now and then: what lies below it is not sent again
+// after a restart. Removals above it are kept in memory only, so a
+// restart may send a few acknowledged records again (at least once).
+// Records set aside as poison go to aside.log, in the same frames.
+//
+// # Durability
+//
+// With SyncOS (the default) Append returns once the frames are written to
+// the operating system: a crash of the process loses nothing, a power
+// cut may lose what the OS had not written yet. With SyncDisk Append also
+// waits for fdatasync, shared by every Append waiting at that moment
+// (group commit): nothing accepted is lost to a power cut either, at the
+// cost of a disk flush per group. SyncOS is the default because a field
+// gateway far more often restarts its process than loses power without a
+// UPS, and SyncDisk bounds a single publisher to the disk's flush rate.
+//
+// # Damage
+//
+// Open never crashes on a damaged folder: files are read, not mapped, and
+// every frame is checked. A frame that fails its checksum or runs past
+// the end of its file makes Open return a *DamageError (errors.Is
+// ErrDamaged) with what could and could not be read; WithRecover instead
+// salvages every readable frame, moves the damaged files into a
+// damaged-<time> folder beside them, and starts a fresh segment with the
+// salvaged records (Recovery says how many, and how many were lost).
+package durable
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Sync says what Append waits for.
+type Sync int
+
+const (
+	// SyncOS: written to the operating system (the default).
+	SyncOS Sync = iota
+	// SyncDisk: written and flushed to the disk (fdatasync, group commit).
+	SyncDisk
+)
+
+// Defaults of the options.
+const (
+	DefaultSegmentSize = 16 << 20
+	// MaxRecord bounds one record; a longer frame length is damage.
+	MaxRecord = 64 << 20
+)
+
+// ErrDamaged is matched (errors.Is) by a *DamageError.
+var ErrDamaged = errors.New("durable: damaged queue")
+
+// ErrClosed is returned by Append after Close.
+var ErrClosed = errors.New("durable: closed")
+
+// DamageError describes a damaged queue folder.
+type DamageError struct {
+	Path     string // the first damaged file
+	Offset   int64  // where in it
+	Reason   string
+	Salvaged int // readable records
+	Lost     int // records that could not be read (counted from the gaps in their ids)
+}
+
+func (e *DamageError) Error() string {
+	return fmt.Sprintf("durable: damaged queue: %s at offset %d: %s (%d records readable, %d lost)", e.Path, e.Offset, e.Reason, e.Salvaged, e.Lost)
+}
+
+// Unwrap makes errors.Is(err, ErrDamaged) hold.
+func (e *DamageError) Unwrap() error { return ErrDamaged }
+
+// Recovery is what Open did about damage under WithRecover.
+type Recovery struct {
+	Salvaged int    // records read from damaged files and kept
+	Lost     int    // records that could not be read
+	MovedTo  string // where the damaged files went ("" when none were damaged)
+	Expired  int    // records dropped at Open for being older than WithMaxAge
+}
+
+// Option configures Open.
+type Option func(*config) error
+
+type config struct {
+	sync        Sync
+	segmentSize int64
+	recover     bool
+	maxAge      time.Duration
+	now         func() time.Time
+}
+
+// WithSync chooses what Append waits for (default SyncOS).
+func WithSync(s Sync) Option {
+	return func(c *config) error {
+		if s != SyncOS && s != SyncDisk {
+			return fmt.Errorf("durable: unknown sync level %d", s)
+		}
+		c.sync = s
+		return nil
+	}
+}
+
+// WithSegmentSize sets the size at which a new segment is started
+// (default 16 MiB). Smaller segments give disk space back sooner.
+func WithSegmentSize(n int64) Option {
+	return func(c *config) error {
+		if n < 4096 {
+			return fmt.Errorf("durable: segment size %d under 4096", n)
+		}
+		c.segmentSize = n
+		return nil
+	}
+}
+
+// WithRecover makes Open salvage a damaged folder instead of failing:
+// see the package documentation.
+func WithRecover() Option {
+	return func(c *config) error {
+		c.recover = true
+		return nil
+	}
+}
+
+// WithMaxAge drops, at Open, records written longer than d ago (counted
+// in Recovery.Expired): data too old to be worth sending. Off by default.
+func WithMaxAge(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("durable: max age %v", d)
+		}
+		c.maxAge = d
+		return nil
+	}
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+const (
+	headerLen = 8
+	frameHead = 16 // length, crc, id
+	magic     = "TBGWQ\x00\x00\x01"
+	ackedName = "acked"
+	asideName = "aside.log"
+)
+
+func segName(first uint64) string { return fmt.Sprintf("seg-%016x.log", first) }
+
+func parseSegName(name string) (uint64, bool) {
+	if !strings.HasPrefix(name, "seg-") || !strings.HasSuffix(name, ".log") {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(name[4:len(name)-4], 16, 64)
+	return n, err == nil
+}
+
+func checksum(id uint64, data []byte) uint32 {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], id)
+	return crc32.Update(crc32.Checksum(b[:], castagnoli), castagnoli, data)
+}
+
+// appendFrame appends one frame to dst: its data is the write time
+// (unix nanoseconds, 8 bytes LE, for WithMaxAge) and the record.
+func appendFrame(dst []byte, id uint64, at int64, data []byte) []byte {
+	var h [frameHead + 8]byte
+	binary.LittleEndian.PutUint32(h[0:], uint32(8+len(data)))
+	binary.LittleEndian.PutUint64(h[8:], id)
+	binary.LittleEndian.PutUint64(h[16:], uint64(at))
+	start := len(dst)
+	dst = append(append(dst, h[:]...), data...)
+	binary.LittleEndian.PutUint32(dst[start+4:], checksum(id, dst[start+frameHead:]))
+	return dst
+}
+
+// readFrame reads the frame at b's start: its id, data and length, or
+// ok false when b does not begin with a whole, valid frame.
+func readFrame(b []byte) (id uint64, data []byte, n int, ok bool) {
+	if len(b) < frameHead {
+		return 0, nil, 0, false
+	}
+	l := binary.LittleEndian.Uint32(b[0:])
+	if l < 8 || l > MaxRecord || int(l) > len(b)-frameHead {
+		return 0, nil, 0, false
+	}
+	id = binary.LittleEndian.Uint64(b[8:])
+	data = b[frameHead : frameHead+int(l)]
+	if binary.LittleEndian.Uint32(b[4:]) != checksum(id, data) {
+		return 0, nil, 0, false
+	}
+	return id, data, frameHead + int(l), true
+}
+
+// entry is a record read at Open.
+type entry struct {
+	id   uint64
+	data []byte
+}
+
+// scanResult is what reading one file gave.
+type scanResult struct {
+	entries  []entry
+	damaged  bool
+	offset   int64
+	reason   string
+	skipped  int // frames' worth of bytes skipped while resynchronising (lower bound of the loss)
+	wantNext uint64
+}
+
+// scan reads every valid frame of a file, resynchronising after damage
+// by looking for the next offset that holds a valid frame.
+func scan(b []byte) scanResult {
+	var r scanResult
+	if len(b) < headerLen || string(b[:headerLen]) != magic {
+		r.damaged, r.offset, r.reason = true, 0, "bad header"
+		if len(b) < headerLen {
+			return r
+		}
+	}
+	off := headerLen
+	for off < len(b) {
+		id, data, n, ok := readFrame(b[off:])
+		if ok {
+			r.entries = append(r.entries, entry{id, data})
+			off += n
+			continue
+		}
+		if !r.damaged {
+			r.damaged, r.offset = true, int64(off)
+			if len(b)-off < frameHead || int(binary.LittleEndian.Uint32(b[off:])) > len(b)-off-frameHead {
+				r.reason = "truncated frame"
+			} else {
+				r.reason = "checksum mismatch"
+			}
+		}
+		off++
+	}
+	return r
+}
+
+// segment is one file of the log, as the writer knows it.
+type segment struct {
+	first, next uint64 // ids [first, next)
+	removed     []bool // by id - first
+	live        int    // not removed
+	path        string
+}
+
+// Log is the durable queue. It is safe for concurrent use.
+type Log struct {
+	dir string
+	cfg config
+
+	mu           sync.Mutex
+	f            *os.File // newest segment
+	size         int64
+	segs         []*segment // oldest first; the last is being written
+	nextID       uint64
+	pending      []byte // frames waiting for the writer
+	pendingFirst uint64 // the id of pending's first frame
+	written      uint64 // ids below it are written
+	waiters      []chan error
+	flushing     bool
+	idle         chan struct{} // closed when a flush ends
+	closed       bool
+	err          error  // a failed write: every later Append fails
+	acked        uint64 // the lowest id not removed
+	tail         uint64 // the highest id written, as last marked
+	recovery     Recovery
+	restored     []entry
+
+	aside *os.File
+	ackCh chan struct{}
+	done  chan struct{}
+	wg    sync.WaitGroup
+}
+
+// Open opens or creates the queue in dir (created if missing).
+func Open(dir string, opts ...Option) (*Log, error) {
+	cfg := config{segmentSize: DefaultSegmentSize, now: time.Now}
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("durable: %w", err)
+	}
+	l := &Log{dir: dir, cfg: cfg, ackCh: make(chan struct{}, 1), done: make(chan struct{})}
+	if err := l.load(); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, asideName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		l.closeFiles()
+		return nil, fmt.Errorf("durable: %w", err)
+	}
+	l.aside = f
+	l.wg.Add(1)
+	go l.ackLoop()
+	return l, nil
+}
+
+// load reads the folder: the acked mark, then every segment.
+func (l *Log) load() error {
+	names, err := os.ReadDir(l.dir)
+	if err != nil {
+		return fmt.Errorf("durable: %w", err)
+	}
+	l.acked, l.tail = readMarks(filepath.Join(l.dir, ackedName))
+	var firsts []uint64
+	for _, n := range names {
+		if first, ok := parseSegName(n.Name()); ok && !n.IsDir() {
+			firsts = append(firsts, first)
+		}
+	}
+	sort.Slice(firsts, func(i, j int) bool { return firsts[i] < firsts[j] })
+	var all []entry
+	var damage *DamageError
+	var damagedFiles []string
+	next := max(l.acked, 1) // the first id not accounted for
+	lost := 0
+	gap := func(upTo uint64, path string, off int64, why string) {
+		if upTo <= next {
+			return
+		}
+		lost += int(upTo - next)
+		next = upTo
+		if damage == nil {
+			damage = &DamageError{Path: path, Offset: off, Reason: why}
+		}
+	}
+	aside := map[uint64]bool{}
+	if b, err := os.ReadFile(filepath.Join(l.dir, asideName)); err == nil {
+		for _, e := range scan(append([]byte(magic), b...)).entries {
+			aside[e.id] = true
+		}
+	}
+	for _, first := range firsts {
+		path := filepath.Join(l.dir, segName(first))
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("durable: %w", err)
+		}
+		gap(first, path, 0, "records missing before this segment")
+		r := scan(b)
+		if r.damaged {
+			damagedFiles = append(damagedFiles, path)
+			if damage == nil {
+				damage = &DamageError{Path: path, Offset: r.offset, Reason: r.reason}
+			}
+		}
+		for _, e := range r.entries {
+			if e.id < next {
+				continue // acknowledged, or a duplicate frame
+			}
+			gap(e.id, path, r.offset, r.reason)
+			next = e.id + 1
+			if !aside[e.id] {
+				all = append(all, e)
+			}
+		}
+	}
+	// The tail mark says how far the log went when it was last written:
+	// what is missing up to it was lost at the end.
+	gap(l.tail+1, l.dir, 0, "records missing at the end of the log")
+	if damage != nil {
+		damage.Salvaged, damage.Lost = len(all), lost
+		if !l.cfg.recover {
+			return damage
+		}
+		moved, err := l.moveAside(damagedFiles)
+		if err != nil {
+			return fmt.Errorf("durable: moving damaged files aside: %w", err)
+		}
+		l.recovery = Recovery{Salvaged: len(all), Lost: lost, MovedTo: moved}
+	}
+	if l.cfg.maxAge > 0 {
+		all = l.dropExpired(all)
+	}
+	l.nextID = max(next, 1)
+	l.written = l.nextID
+	l.restored = all
+	// Start a fresh segment holding the records kept, so that the old
+	// files (damaged or not) can go.
+	if err := l.rewrite(firsts, damagedFiles, all); err != nil {
+		return err
+	}
+	return nil
+}
+
+// dropExpired drops records older than the max age. Every record carries
+// its write time in its first 8 bytes (see Append).
+func (l *Log) dropExpired(all []entry) []entry {
+	cutoff := l.cfg.now().Add(-l.cfg.maxAge).UnixNano()
+	kept := all[:0]
+	for _, e := range all {
+		if int64(binary.LittleEndian.Uint64(e.data)) < cutoff {
+			l.recovery.Expired++
+			continue
+		}
+		kept = append(kept, e)
+	}
+	return kept
+}
+
+// rewrite writes the records kept into a new segment and removes the old
+// ones: after it, the folder holds exactly what Load returns.
+//
+// The records kept are numbered anew, consecutively: ids lost to damage,
+// expired or set aside leave no gap that a later Open would take for a
+// loss. (Nobody holds an id yet: Load comes after.)
+func (l *Log) rewrite(firsts []uint64, damaged []string, keep []entry) error {
+	first := l.nextID
+	if len(keep) > 0 {
+		first = keep[0].id
+		for i := range keep {
+			keep[i].id = first + uint64(i)
+		}
+		l.nextID = first + uint64(len(keep))
+		l.written = l.nextID
+	}
+	tmp := filepath.Join(l.dir, "rewrite.tmp")
+	buf := []byte(magic)
+	for _, e := range keep {
+		buf = appendFrame(buf, e.id, int64(binary.LittleEndian.Uint64(e.data)), e.data[8:])
+	}
+	if err := writeFileSync(tmp, buf); err != nil {
+		return fmt.Errorf("durable: %w", err)
+	}
+	for _, f := range firsts {
+		p := filepath.Join(l.dir, segName(f))
+		if contains(damaged, p) {
+			continue // moved aside already
+		}
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("durable: %w", err)
+		}
+	}
+	path := filepath.Join(l.dir, segName(first))
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("durable: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("durable: %w", err)
+	}
+	l.f, l.size = f, int64(len(buf))
+	seg := &segment{first: first, next: l.nextID, path: path}
+	seg.removed = make([]bool, seg.next-seg.first)
+	// Ids between the kept records (removed or lost) count as removed.
+	for i := range seg.removed {
+		seg.removed[i] = true
+	}
+	for _, e := range keep {
+		seg.removed[e.id-first] = false
+		seg.live++
+	}
+	l.segs = []*segment{seg}
+	if len(keep) > 0 {
+		l.acked = keep[0].id
+	} else {
+		l.acked = l.nextID
+	}
+	l.tail = l.nextID - 1
+	return writeMarks(filepath.Join(l.dir, ackedName), l.acked, l.tail)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *Log) moveAside(files []string) (string, error) {
+	to := filepath.Join(l.dir, "damaged-"+l.cfg.now().UTC().Format("20060102T150405.000000000"))
+	if err := os.MkdirAll(to, 0o700); err != nil {
+		return "", err
+	}
+	for _, f := range files {
+		if err := os.Rename(f, filepath.Join(to, filepath.Base(f))); err != nil {
+			return "", err
+		}
+	}
+	return to, nil
+}
+
+func writeFileSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// readMarks reads the marks file: the acked mark and the tail mark. A
+// missing or damaged one reads as 0: everything is sent again (at least
+// once), and losses at the end are counted from the files alone.
+func readMarks(path string) (acked, tail uint64) {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) != 20 {
+		return 0, 0
+	}
+	acked, tail = binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:])
+	if binary.LittleEndian.Uint32(b[16:]) != crc32.Checksum(b[:16], castagnoli) {
+		return 0, 0
+	}
+	return acked, tail
+}
+
+func writeMarks(path string, acked, tail uint64) error {
+	var b [20]byte
+	binary.LittleEndian.PutUint64(b[:], acked)
+	binary.LittleEndian.PutUint64(b[8:], tail)
+	binary.LittleEndian.PutUint32(b[16:], crc32.Checksum(b[:16], castagnoli))
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b[:], 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Load calls fn with every record kept from before Open, oldest first.
+// The data passed to fn stays valid.
+func (l *Log) Load(fn func(id uint64, data []byte) error) error {
+	l.mu.Lock()
+	rest := l.restored
+	l.restored = nil
+	l.mu.Unlock()
+	for _, e := range rest {
+		if err := fn(e.id, e.data[8:]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Recovery reports what Open salvaged, lost and dropped.
+func (l *Log) Recovery() Recovery {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.recovery
+}
+
+// Append writes data as consecutive records, stores their ids in ids (of
+// the same length), and returns once they are as durable as the sync
+// level says. Concurrent calls share one write (and one flush): the first
+// of a group writes for everyone who joined meanwhile.
+func (l *Log) Append(data [][]byte, ids []uint64) error {
+	ch := make(chan error, 1)
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	if l.err != nil {
+		err := l.err
+		l.mu.Unlock()
+		return err
+	}
+	if len(l.pending) == 0 {
+		l.pendingFirst = l.nextID
+	}
+	at := l.cfg.now().UnixNano()
+	for i, d := range data {
+		ids[i] = l.nextID
+		l.pending = appendFrame(l.pending, l.nextID, at, d)
+		l.nextID++
+	}
+	l.waiters = append(l.waiters, ch)
+	lead := !l.flushing
+	if lead {
+		l.flushing = true
+		l.idle = make(chan struct{})
+	}
+	l.mu.Unlock()
+	if lead {
+		l.flush()
+	}
+	return <-ch
+}
+
+// flush writes what is pending until nothing is. Only the flushing
+// Append touches the files.
+func (l *Log) flush() {
+	var buf []byte
+	for {
+		l.mu.Lock()
+		if len(l.waiters) == 0 {
+			l.flushing = false
+			close(l.idle)
+			l.mu.Unlock()
+			return
+		}
+		buf, l.pending = l.pending, buf[:0]
+		a, b := l.pendingFirst, l.nextID
+		waiters := l.waiters
+		l.waiters = nil
+		last := l.segs[len(l.segs)-1]
+		rotate := l.size > headerLen && l.size+int64(len(buf)) > l.cfg.segmentSize
+		if rotate {
+			l.segs = append(l.segs, &segment{first: a, next: b, removed: make([]bool, b-a), live: int(b - a),
+				path: filepath.Join(l.dir, segName(a))})
+			l.size = headerLen + int64(len(buf))
+		} else {
+			last.removed = append(last.removed, make([]bool, b-a)...)
+			last.next = b
+			last.live += int(b - a)
+			l.size += int64(len(buf))
+		}
+		l.mu.Unlock()
+		var err error
+		if rotate {
+			err = l.startSegment(filepath.Join(l.dir, segName(a)))
+		}
+		if err == nil {
+			_, err = l.f.Write(buf)
+		}
+		if err == nil && l.cfg.sync == SyncDisk {
+			err = l.f.Sync()
+		}
+		l.mu.Lock()
+		if err != nil {
+			err = fmt.Errorf("durable: write: %w", err)
+			l.err = err
+		} else {
+			l.written = b
+		}
+		l.mu.Unlock()
+		for _, w := range waiters {
+			w <- err
+		}
+	}
+}
+
+// startSegment opens a new newest segment.
+func (l *Log) startSegment(path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write([]byte(magic)); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if l.cfg.sync == SyncDisk {
+		_ = l.f.Sync() // the old segment's tail before the new one's head
+	}
+	old := l.f
+	l.f = f
+	return old.Close()
+}
+
+// Remove forgets acknowledged records; it does not wait for the disk.
+func (l *Log) Remove(ids []uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, id := range ids {
+		l.removeLocked(id)
+	}
+	l.dropEmptyLocked()
+	select {
+	case l.ackCh <- struct{}{}:
+	default:
+	}
+}
+
+func (l *Log) removeLocked(id uint64) {
+	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].next > id })
+	if i == len(l.segs) {
+		return
+	}
+	s := l.segs[i]
+	if id < s.first || s.removed[id-s.first] {
+		return
+	}
+	s.removed[id-s.first] = true
+	s.live--
+}
+
+// dropEmptyLocked moves the acked mark past everything removed in order
+// and deletes the old segments with nothing left, after writing the marks
+// (so that their ids are never taken for lost).
+func (l *Log) dropEmptyLocked() {
+	n := 0
+	for n < len(l.segs)-1 && l.segs[n].live == 0 {
+		n++
+	}
+	s := l.segs[n]
+	mark := s.first
+	for i, r := range s.removed {
+		if !r {
+			break
+		}
+		mark = s.first + uint64(i) + 1
+	}
+	if mark > l.acked {
+		l.acked = mark
+	}
+	if n == 0 {
+		return
+	}
+	l.tail = max(l.tail, l.written-1)
+	if writeMarks(filepath.Join(l.dir, ackedName), l.acked, l.tail) != nil {
+		return // keep the files: their records are sent again rather than counted lost
+	}
+	for _, seg := range l.segs[:n] {
+		_ = os.Remove(seg.path)
+	}
+	l.segs = l.segs[n:]
+}
+
+// SetAside moves a record out of the queue into aside.log (a poison
+// record, kept for inspection and never loaded again).
+func (l *Log) SetAside(id uint64, data []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.aside != nil {
+		_, _ = l.aside.Write(appendFrame(nil, id, l.cfg.now().UnixNano(), data))
+	}
+	l.removeLocked(id)
+	l.dropEmptyLocked()
+}
+
+// ackLoop writes the acked mark now and then.
+func (l *Log) ackLoop() {
+	defer l.wg.Done()
+	var written [2]uint64
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.done:
+			l.writeMark(&written)
+			return
+		case <-t.C:
+			l.writeMark(&written)
+		}
+	}
+}
+
+func (l *Log) writeMark(written *[2]uint64) {
+	l.mu.Lock()
+	l.tail = max(l.tail, l.written-1)
+	marks := [2]uint64{l.acked, l.tail}
+	l.mu.Unlock()
+	if marks != *written {
+		if writeMarks(filepath.Join(l.dir, ackedName), marks[0], marks[1]) == nil {
+			*written = marks
+		}
+	}
+}
+
+// Len returns the records kept and not removed.
+func (l *Log) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, s := range l.segs {
+		n += s.live
+	}
+	return n
+}
+
+// Close writes the acked mark and closes the files. Appends after it fail
+// with ErrClosed.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	idle := l.idle
+	flushing := l.flushing
+	l.mu.Unlock()
+	if flushing {
+		<-idle
+	}
+	close(l.done)
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closeFiles()
+}
+
+func (l *Log) closeFiles() error {
+	var errs []error
+	if l.f != nil {
+		if l.cfg.sync == SyncDisk {
+			errs = append(errs, l.f.Sync())
+		}
+		errs = append(errs, l.f.Close())
+	}
+	if l.aside != nil {
+		errs = append(errs, l.aside.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,132 @@
+package tbgateway
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/thingsgate/tbgateway/internal/outbox"
+)
+
+// QueueStore keeps the outbound queue outside the process, so that what
+// a publish call accepted survives a crash: the gateway appends every
+// record before the call returns (or is accepted, for the async calls),
+// removes it once the server acknowledged it, and loads what is left at
+// Dial, sending it first. Records are opaque bytes to the store. The
+// package durable has the implementation tbgateway ships (a checksummed
+// segmented log); a program that never uses it does not link it.
+//
+// Append must store data in order, give each record an id (ids), and
+// return only once the records are as durable as the store promises.
+// Remove and SetAside must not wait for the disk: they run on the MQTT
+// network goroutine. Implementations must be safe for concurrent use.
+type QueueStore interface {
+	// Load calls fn with every record kept from before, oldest first.
+	Load(fn func(id uint64, data []byte) error) error
+	// Append stores data as records and sets their ids.
+	Append(data [][]byte, ids []uint64) error
+	// Remove forgets acknowledged records.
+	Remove(ids []uint64)
+	// SetAside moves a poison record out of the queue, for inspection.
+	SetAside(id uint64, data []byte)
+	// Close releases the store; the gateway calls it from Close.
+	Close() error
+}
+
+// WithQueueStore keeps the outbound queue in s as well as in memory (see
+// QueueStore), for store-and-forward across restarts; Close closes s.
+// Delivery is at least once: a message in flight at a crash or a
+// connection loss may reach the server twice (Stats.Resent,
+// Stats.Restored). The queue's bounds (WithQueue) bound what s holds too.
+// Off by default: the queue is in memory only.
+func WithQueueStore(s QueueStore) Option {
+	return func(o *options) error {
+		if s == nil {
+			return invalid("nil queue store")
+		}
+		o.store = s
+		return nil
+	}
+}
+
+// store binds records to a QueueStore.
+type store struct{ s QueueStore }
+
+// append encodes and stores the records of one call in one Append.
+func (st store) append(recs []*outbox.Record) error {
+	var buf []byte
+	ends := make([]int, len(recs))
+	for i, r := range recs {
+		buf = outbox.AppendRecord(buf, r)
+		ends[i] = len(buf)
+	}
+	data := make([][]byte, len(recs))
+	start := 0
+	for i, end := range ends {
+		data[i] = buf[start:end:end]
+		start = end
+	}
+	ids := make([]uint64, len(recs))
+	if err := st.s.Append(data, ids); err != nil {
+		return err
+	}
+	for i, r := range recs {
+		r.Seq = ids[i]
+	}
+	return nil
+}
+
+// remove forgets the stored ones of recs.
+func (st store) remove(recs []*outbox.Record) {
+	var small [16]uint64
+	ids := small[:0]
+	for _, r := range recs {
+		if r.Seq != 0 {
+			ids = append(ids, r.Seq)
+		}
+	}
+	if len(ids) > 0 {
+		st.s.Remove(ids)
+	}
+}
+
+func (st store) setAside(recs []*outbox.Record) {
+	for _, r := range recs {
+		if r.Seq != 0 {
+			st.s.SetAside(r.Seq, outbox.AppendRecord(nil, r))
+		}
+	}
+}
+
+// restore puts what the store kept at the head of the queue. A record the
+// store returns but that does not decode is counted and dropped: it
+// cannot be sent, and must not stop the gateway.
+func (s *sender) restore(ctx context.Context) error {
+	var recs []*outbox.Record
+	bad := 0
+	err := s.durable.s.Load(func(id uint64, data []byte) error {
+		r, err := outbox.DecodeRecord(data)
+		if err != nil {
+			bad++
+			s.durable.s.Remove([]uint64{id})
+			return nil
+		}
+		r.Seq = id
+		recs = append(recs, r)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("tbgateway: queue store: %w", err)
+	}
+	if bad > 0 {
+		s.g.stats.unrestorable.Add(uint64(bad))
+		s.g.log.Error("tbgateway: stored records that could not be decoded were dropped", "records", bad)
+	}
+	if len(recs) > 0 {
+		if err := s.queue.Put(ctx, recs, true); err != nil {
+			return fmt.Errorf("tbgateway: queue store: %w", err)
+		}
+		s.g.stats.restored.Add(uint64(len(recs)))
+		s.g.log.Info("tbgateway: restored queued records", "records", len(recs))
+	}
+	return nil
+}
