@@ -394,6 +394,21 @@ func (s *sender) loop() {
 				continue
 			}
 		}
+		// Ack-clocked batching: a message that took all that is queued
+		// and is not full waits while enough is in flight anyway, so
+		// that data trickling in (slow publishers, a durable queue)
+		// still goes out in large messages; the next ack or new data
+		// looks again. Latency does not suffer: the acks come first.
+		if n == len(recs) && recs[0].Kind != outbox.Raw && c.l.tracker().Count() >= max(2, int(s.window.Load())/8) {
+			select {
+			case <-s.wakeCh:
+			case <-changed:
+			case <-c.gone:
+			case <-g.life.done:
+				return
+			}
+			continue
+		}
 		// A device's connect leaves before its data on every connection.
 		if s.announceFor(c, recs[:n]) {
 			continue

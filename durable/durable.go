@@ -54,6 +54,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -272,6 +273,7 @@ type segment struct {
 	first, next uint64 // ids [first, next)
 	removed     []bool // by id - first
 	live        int    // not removed
+	done        int    // removed[:done] are all true
 	path        string
 }
 
@@ -288,7 +290,7 @@ type Log struct {
 	pending      []byte // frames waiting for the writer
 	pendingFirst uint64 // the id of pending's first frame
 	written      uint64 // ids below it are written
-	waiters      []chan error
+	group        *group // the Appends waiting for the next write
 	flushing     bool
 	idle         chan struct{} // closed when a flush ends
 	closed       bool
@@ -587,7 +589,6 @@ func (l *Log) Recovery() Recovery {
 // level says. Concurrent calls share one write (and one flush): the first
 // of a group writes for everyone who joined meanwhile.
 func (l *Log) Append(data [][]byte, ids []uint64) error {
-	ch := make(chan error, 1)
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -607,7 +608,10 @@ func (l *Log) Append(data [][]byte, ids []uint64) error {
 		l.pending = appendFrame(l.pending, l.nextID, at, d)
 		l.nextID++
 	}
-	l.waiters = append(l.waiters, ch)
+	if l.group == nil {
+		l.group = &group{done: make(chan struct{})}
+	}
+	g := l.group
 	lead := !l.flushing
 	if lead {
 		l.flushing = true
@@ -617,16 +621,26 @@ func (l *Log) Append(data [][]byte, ids []uint64) error {
 	if lead {
 		l.flush()
 	}
-	return <-ch
+	<-g.done
+	return g.err
+}
+
+// group is the Appends that one write serves.
+type group struct {
+	done chan struct{}
+	err  error
 }
 
 // flush writes what is pending until nothing is. Only the flushing
 // Append touches the files.
 func (l *Log) flush() {
 	var buf []byte
+	// Let the publishers that are ready join this write first.
+	runtime.Gosched()
 	for {
 		l.mu.Lock()
-		if len(l.waiters) == 0 {
+		g := l.group
+		if g == nil {
 			l.flushing = false
 			close(l.idle)
 			l.mu.Unlock()
@@ -634,8 +648,7 @@ func (l *Log) flush() {
 		}
 		buf, l.pending = l.pending, buf[:0]
 		a, b := l.pendingFirst, l.nextID
-		waiters := l.waiters
-		l.waiters = nil
+		l.group = nil
 		last := l.segs[len(l.segs)-1]
 		rotate := l.size > headerLen && l.size+int64(len(buf)) > l.cfg.segmentSize
 		if rotate {
@@ -667,9 +680,8 @@ func (l *Log) flush() {
 			l.written = b
 		}
 		l.mu.Unlock()
-		for _, w := range waiters {
-			w <- err
-		}
+		g.err = err
+		close(g.done)
 	}
 }
 
@@ -727,14 +739,10 @@ func (l *Log) dropEmptyLocked() {
 		n++
 	}
 	s := l.segs[n]
-	mark := s.first
-	for i, r := range s.removed {
-		if !r {
-			break
-		}
-		mark = s.first + uint64(i) + 1
+	for s.done < len(s.removed) && s.removed[s.done] {
+		s.done++
 	}
-	if mark > l.acked {
+	if mark := s.first + uint64(s.done); mark > l.acked {
 		l.acked = mark
 	}
 	if n == 0 {

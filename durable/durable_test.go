@@ -16,7 +16,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func rec(i int) []byte { return []byte(fmt.Sprintf("record %06d %s", i, bytes.Repeat([]byte{'x'}, i%50))) }
+func rec(i int) []byte {
+	return []byte(fmt.Sprintf("record %06d %s", i, bytes.Repeat([]byte{'x'}, i%50)))
+}
 
 // fill appends n records, one Append per 10, and returns their ids.
 func fill(t *testing.T, l *Log, from, n int) []uint64 {

@@ -72,6 +72,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/thingsgate/tbgateway"
+	"github.com/thingsgate/tbgateway/durable"
 )
 
 const (
@@ -87,11 +88,15 @@ const (
 	runBatched   = "sdk-batched"
 	runNaive     = "naive"
 	runPacked    = "packed"
+	// The sdk run with the durable queue (package durable), at each of
+	// its sync levels.
+	runDurable     = "sdk-durable"
+	runDurableSync = "sdk-durable-sync"
 )
 
 var (
 	defaultRuns = []string{runSDK, runUnbatched, runNaive, runPacked}
-	knownRuns   = []string{runSDK, runUnbatched, runBatched, runNaive, runPacked}
+	knownRuns   = []string{runSDK, runUnbatched, runBatched, runNaive, runPacked, runDurable, runDurableSync}
 )
 
 type config struct {
@@ -262,6 +267,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	results := map[string]*result{}
 	for rep := range cfg.Repeat {
+		round := map[string]*result{}
 		for _, name := range cfg.Runs {
 			r, err := measure(ctx, cfg, ds, name)
 			if err != nil {
@@ -280,6 +286,18 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 			if b := results[name]; b == nil || r.pointsPerS() > b.pointsPerS() {
 				results[name] = r
 			}
+			round[name] = r
+		}
+		// The durable ratios within the round: the runs next to each
+		// other in time share the machine's state.
+		if m := round[runSDK]; m != nil && m.pointsPerS() > 0 && (round[runDurable] != nil || round[runDurableSync] != nil) {
+			line := fmt.Sprintf("round %d:", rep+1)
+			for _, n := range []string{runDurable, runDurableSync} {
+				if d := round[n]; d != nil {
+					line += fmt.Sprintf("  %s/sdk %.2f×", n, d.pointsPerS()/m.pointsPerS())
+				}
+			}
+			say("%s", line)
 		}
 	}
 	for _, name := range cfg.Runs {
@@ -308,6 +326,12 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	s.RatioVsNaive = ratio(s.PointsPerS, s.NaivePointsPerS)
 	s.RatioUnbatchedVsNaive = ratio(s.UnbatchedPointsPerS, s.NaivePointsPerS)
 	s.RatioBatchedVsPacked = ratio(s.BatchedPointsPerS, s.PackedPointsPerS)
+	s.DurablePointsPerS, s.DurableSyncPointsPerS = rate(runDurable), rate(runDurableSync)
+	s.RatioDurableVsMemory = ratio(s.DurablePointsPerS, s.PointsPerS)
+	s.RatioDurableSyncVsMemory = ratio(s.DurableSyncPointsPerS, s.PointsPerS)
+	if s.RatioDurableVsMemory != nil || s.RatioDurableSyncVsMemory != nil {
+		say("durable: sdk-durable/sdk %s   sdk-durable-sync/sdk %s", fmtRatio(s.RatioDurableVsMemory), fmtRatio(s.RatioDurableSyncVsMemory))
+	}
 	say("ratios: sdk/raw-packed %s   sdk/naive %s   sdk-unbatched/naive %s   sdk-batched/raw-packed %s",
 		fmtRatio(s.RatioVsRawPacked), fmtRatio(s.RatioVsNaive), fmtRatio(s.RatioUnbatchedVsNaive), fmtRatio(s.RatioBatchedVsPacked))
 
@@ -338,37 +362,43 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 
 // summary is the last output line.
 type summary struct {
-	PointsPerS            *float64     `json:"points_per_s"`
-	MessagesPerS          *float64     `json:"messages_per_s"`
-	BytesPerS             *float64     `json:"bytes_per_s"`
-	LatencyP50MS          *float64     `json:"latency_p50_ms"`
-	LatencyP99MS          *float64     `json:"latency_p99_ms"`
-	PeakHeapMB            *float64     `json:"peak_heap_mb"`
-	Lost                  int64        `json:"lost"`
-	Duplicates            int64        `json:"duplicates"`
-	Errors                int64        `json:"errors"`
-	NaivePointsPerS       *float64     `json:"naive_points_per_s"`
-	PackedPointsPerS      *float64     `json:"packed_points_per_s"`
-	UnbatchedPointsPerS   *float64     `json:"unbatched_points_per_s"`
-	BatchedPointsPerS     *float64     `json:"batched_points_per_s"`
-	RatioVsRawPacked      *float64     `json:"ratio_vs_raw_packed"`
-	RatioVsNaive          *float64     `json:"ratio_vs_naive"`
-	RatioUnbatchedVsNaive *float64     `json:"ratio_unbatched_vs_naive"`
-	RatioBatchedVsPacked  *float64     `json:"ratio_batched_vs_raw_packed"`
-	HeapMB100kDevices     *float64     `json:"heap_mb_100k_devices"`
-	HeapDevices           int          `json:"heap_devices"`
-	BallastMB             int          `json:"ballast_mb"`
-	Form                  string       `json:"sdk_form"`
-	Devices               int          `json:"devices"`
-	Entries               int          `json:"entries"`
-	Keys                  int          `json:"keys"`
-	QoS                   int          `json:"qos"`
-	LingerMS              float64      `json:"linger_ms"`
-	Inflight              int          `json:"inflight"`
-	Broker                string       `json:"broker"`
-	Cores                 int          `json:"gomaxprocs"`
-	Repeat                int          `json:"repeat"`
-	Runs                  []resultJSON `json:"runs"`
+	PointsPerS            *float64 `json:"points_per_s"`
+	MessagesPerS          *float64 `json:"messages_per_s"`
+	BytesPerS             *float64 `json:"bytes_per_s"`
+	LatencyP50MS          *float64 `json:"latency_p50_ms"`
+	LatencyP99MS          *float64 `json:"latency_p99_ms"`
+	PeakHeapMB            *float64 `json:"peak_heap_mb"`
+	Lost                  int64    `json:"lost"`
+	Duplicates            int64    `json:"duplicates"`
+	Errors                int64    `json:"errors"`
+	NaivePointsPerS       *float64 `json:"naive_points_per_s"`
+	PackedPointsPerS      *float64 `json:"packed_points_per_s"`
+	UnbatchedPointsPerS   *float64 `json:"unbatched_points_per_s"`
+	BatchedPointsPerS     *float64 `json:"batched_points_per_s"`
+	RatioVsRawPacked      *float64 `json:"ratio_vs_raw_packed"`
+	RatioVsNaive          *float64 `json:"ratio_vs_naive"`
+	RatioUnbatchedVsNaive *float64 `json:"ratio_unbatched_vs_naive"`
+	RatioBatchedVsPacked  *float64 `json:"ratio_batched_vs_raw_packed"`
+	DurablePointsPerS     *float64 `json:"durable_points_per_s"`
+	DurableSyncPointsPerS *float64 `json:"durable_sync_points_per_s"`
+	// RatioDurableVsMemory: sdk-durable (durable.SyncOS) against sdk,
+	// best of each; the per-round ratios are in the text output.
+	RatioDurableVsMemory     *float64     `json:"ratio_durable_vs_memory"`
+	RatioDurableSyncVsMemory *float64     `json:"ratio_durable_sync_vs_memory"`
+	HeapMB100kDevices        *float64     `json:"heap_mb_100k_devices"`
+	HeapDevices              int          `json:"heap_devices"`
+	BallastMB                int          `json:"ballast_mb"`
+	Form                     string       `json:"sdk_form"`
+	Devices                  int          `json:"devices"`
+	Entries                  int          `json:"entries"`
+	Keys                     int          `json:"keys"`
+	QoS                      int          `json:"qos"`
+	LingerMS                 float64      `json:"linger_ms"`
+	Inflight                 int          `json:"inflight"`
+	Broker                   string       `json:"broker"`
+	Cores                    int          `json:"gomaxprocs"`
+	Repeat                   int          `json:"repeat"`
+	Runs                     []resultJSON `json:"runs"`
 }
 
 func ptr(f float64) *float64 { return &f }
@@ -691,6 +721,12 @@ func setup(ctx context.Context, cfg config, ds *dataset, name string) (publisher
 		return newSDKPublisher(ctx, cfg, ds, cfg.Batch, tbgateway.WithCoalescing(cfg.Linger))
 	case runUnbatched:
 		return newSDKPublisher(ctx, cfg, ds, 1, tbgateway.WithoutCoalescing())
+	case runDurable, runDurableSync:
+		level := durable.SyncOS
+		if name == runDurableSync {
+			level = durable.SyncDisk
+		}
+		return newDurablePublisher(ctx, cfg, ds, level)
 	case runNaive:
 		return newRawPublisher(cfg, ds.naiveSet())
 	case runPacked:
@@ -754,18 +790,19 @@ func percentile(lat []time.Duration, p float64) time.Duration {
 // time, with entries it refills for every call as an application would:
 // their Points, or with -values their Values maps.
 type sdkPublisher struct {
-	g      *tbgateway.Gateway
-	ds     *dataset
-	batch  int
-	values bool
+	g       *tbgateway.Gateway
+	ds      *dataset
+	batch   int
+	values  bool
+	cleanup func()
 }
 
-func newSDKPublisher(ctx context.Context, cfg config, ds *dataset, batch int, mode tbgateway.Option) (*sdkPublisher, error) {
-	g, err := tbgateway.Dial(ctx, cfg.Broker,
+func newSDKPublisher(ctx context.Context, cfg config, ds *dataset, batch int, mode ...tbgateway.Option) (*sdkPublisher, error) {
+	g, err := tbgateway.Dial(ctx, cfg.Broker, append([]tbgateway.Option{
 		tbgateway.WithClientID(clientID("bench-sdk-")),
 		tbgateway.WithQoS(byte(cfg.QoS)),
-		tbgateway.WithMaxInflight(cfg.Inflight),
-		mode)
+		tbgateway.WithMaxInflight(cfg.Inflight)},
+		mode...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -899,6 +936,31 @@ func (p *sdkPublisher) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = p.g.Close(ctx)
+	if p.cleanup != nil {
+		p.cleanup()
+	}
+}
+
+// newDurablePublisher is the sdk run with a durable queue in a folder of
+// its own under the system's temporary directory (the real disk here).
+func newDurablePublisher(ctx context.Context, cfg config, ds *dataset, level durable.Sync) (*sdkPublisher, error) {
+	dir, err := os.MkdirTemp("", "tbgateway-bench-queue-")
+	if err != nil {
+		return nil, err
+	}
+	q, err := durable.Open(dir, durable.WithSync(level))
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	p, err := newSDKPublisher(ctx, cfg, ds, 1, tbgateway.WithCoalescing(cfg.Linger), tbgateway.WithQueueStore(q))
+	if err != nil {
+		_ = q.Close()
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	p.cleanup = func() { _ = os.RemoveAll(dir) }
+	return p, nil
 }
 
 // rawPublisher sends pre-encoded payloads with plain paho, at most
