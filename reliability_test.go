@@ -57,6 +57,7 @@ const (
 	envChild = "TBGATEWAY_DURABLE_CHILD"
 	envURL   = "TBGATEWAY_DURABLE_URL"
 	envDB    = "TBGATEWAY_DURABLE_DB"
+	envStart = "TBGATEWAY_DURABLE_START" // the first batch number, for a child that follows another
 )
 
 // TestDurableChild is the child's body; it does nothing in a normal run.
@@ -70,13 +71,14 @@ func TestDurableChild(t *testing.T) {
 		os.Exit(2)
 	}
 	g, err := tb.Dial(context.Background(), os.Getenv(envURL), tb.WithAccessToken(tbtest.DefaultToken),
-		tb.WithQueueStore(q))
+		tb.WithQueueStore(q), tb.WithOfflineStart())
 	if err != nil {
 		fmt.Println("dial:", err)
 		os.Exit(2)
 	}
 	out := bufio.NewWriter(os.Stdout)
-	for i := 0; ; i++ {
+	start, _ := strconv.Atoi(os.Getenv(envStart))
+	for i := start; ; i++ {
 		batch := make([]tb.Entry, 10)
 		for j := range batch {
 			n := i*10 + j
@@ -206,4 +208,66 @@ func TestOverflowPolicies(t *testing.T) {
 			tc.check(t, g, first, err)
 		})
 	}
+}
+
+// TestDurableQueueSurvivesRepeatedKills: ten publishers in a row on one
+// queue folder, each SIGKILLed mid-stream, every other one with the server
+// down (it queues on disk only). A last gateway on the folder, with the
+// server up, sends the rest: every point any of them accepted arrives.
+func TestDurableQueueSurvivesRepeatedKills(t *testing.T) {
+	srv := tbtest.NewServer(t)
+	srv.DelayAcks(5 * time.Millisecond)
+	db := filepath.Join(t.TempDir(), "queue")
+	accepted := 0 // points accepted by all children so far: batches 0 .. accepted/10-1
+	for kill := range 10 {
+		if kill%2 == 1 {
+			srv.Stop()
+		} else {
+			require.NoError(t, srv.Start())
+		}
+		cmd := exec.Command(os.Args[0], "-test.run=^TestDurableChild$", "-test.count=1")
+		cmd.Env = append(os.Environ(), envChild+"=1", envURL+"="+srv.URL(), envDB+"="+db, envStart+"="+strconv.Itoa(accepted/10))
+		stdout, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+		sc := bufio.NewScanner(stdout)
+		goal := accepted + 500
+		for accepted < goal && sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "accepted" {
+				accepted, _ = strconv.Atoi(f[2])
+			} else {
+				t.Log("child:", sc.Text())
+			}
+		}
+		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+		for sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "accepted" {
+				accepted, _ = strconv.Atoi(f[2])
+			}
+		}
+		_ = cmd.Wait()
+		require.GreaterOrEqual(t, accepted, goal, "child %d did not stream", kill)
+	}
+	require.NoError(t, srv.Start())
+	srv.DelayAcks(0)
+	q, err := durable.Open(db)
+	require.NoError(t, err)
+	g, err := tb.Dial(ctxT(t), srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithQueueStore(q))
+	require.NoError(t, err)
+	restored := g.Stats().Restored
+	require.NoError(t, g.Close(ctxT(t)))
+	seen, dups := map[int64]bool{}, 0
+	for d := 0; d < 4; d++ {
+		for _, p := range srv.Series(fmt.Sprintf("dev-%d", d), "n") {
+			if seen[p.Value.(int64)] {
+				dups++
+			}
+			seen[p.Value.(int64)] = true
+		}
+	}
+	for n := 0; n < accepted; n++ {
+		require.True(t, seen[int64(n)], "point %d was accepted but never arrived", n)
+	}
+	t.Logf("10 kills, %d points accepted, %d distinct arrived, %d duplicates, %d records restored at the end", accepted, len(seen), dups, restored)
+	assert.Greater(t, restored, uint64(0), "the last children left data on disk")
 }

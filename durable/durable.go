@@ -774,7 +774,7 @@ func (l *Log) SetAside(id uint64, data []byte) {
 func (l *Log) ackLoop() {
 	defer l.wg.Done()
 	var written [2]uint64
-	t := time.NewTicker(100 * time.Millisecond)
+	t := time.NewTicker(25 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
