@@ -400,9 +400,10 @@ func (s *sender) loop() {
 		// still goes out in large messages; the next ack or new data
 		// looks again. Latency does not suffer: the acks come first.
 		if n == len(recs) && recs[0].Kind != outbox.Raw && c.l.tracker().Count() >= max(2, int(s.window.Load())/8) {
+			// Only an ack looks again: planning anew for every record
+			// that arrives would cost more than the batching saves.
 			select {
 			case <-s.wakeCh:
-			case <-changed:
 			case <-c.gone:
 			case <-g.life.done:
 				return

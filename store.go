@@ -51,21 +51,26 @@ func WithQueueStore(s QueueStore) Option {
 // store binds records to a QueueStore.
 type store struct{ s QueueStore }
 
-// append encodes and stores the records of one call in one Append.
+// append encodes and stores the records of one call in one Append, in
+// one buffer sized up front.
 func (st store) append(recs []*outbox.Record) error {
-	var buf []byte
-	ends := make([]int, len(recs))
+	size := 0
+	for _, r := range recs {
+		size += outbox.RecordSize(r)
+	}
+	buf := make([]byte, 0, size)
+	// A call of one record, the common case, needs no slices.
+	var one [1][]byte
+	var oneID [1]uint64
+	data, ids := one[:], oneID[:]
+	if len(recs) > 1 {
+		data, ids = make([][]byte, len(recs)), make([]uint64, len(recs))
+	}
 	for i, r := range recs {
+		start := len(buf)
 		buf = outbox.AppendRecord(buf, r)
-		ends[i] = len(buf)
+		data[i] = buf[start:len(buf):len(buf)]
 	}
-	data := make([][]byte, len(recs))
-	start := 0
-	for i, end := range ends {
-		data[i] = buf[start:end:end]
-		start = end
-	}
-	ids := make([]uint64, len(recs))
 	if err := st.s.Append(data, ids); err != nil {
 		return err
 	}

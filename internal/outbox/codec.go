@@ -11,6 +11,11 @@ import (
 
 const recordVersion = 1
 
+// RecordSize is the length of r's encoding, at most.
+func RecordSize(r *Record) int {
+	return 2 + len(r.Topic) + len(r.Device) + len(r.DeviceName) + len(r.Note) + len(r.Body) + 5*binary.MaxVarintLen64
+}
+
 // AppendRecord appends r's encoding to dst.
 func AppendRecord(dst []byte, r *Record) []byte {
 	b := append(dst, recordVersion, byte(r.Kind))
