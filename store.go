@@ -3,6 +3,7 @@ package tbgateway
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/thingsgate/tbgateway/internal/outbox"
 )
@@ -16,7 +17,8 @@ import (
 // segmented log); a program that never uses it does not link it.
 //
 // Append must store data in order, give each record an id (ids), and
-// return only once the records are as durable as the store promises.
+// return only once the records are as durable as the store promises; it
+// must not keep data or ids after it returns (the gateway reuses them).
 // Remove and SetAside must not wait for the disk: they run on the MQTT
 // network goroutine. Implementations must be safe for concurrent use.
 type QueueStore interface {
@@ -51,33 +53,46 @@ func WithQueueStore(s QueueStore) Option {
 // store binds records to a QueueStore.
 type store struct{ s QueueStore }
 
-// append encodes and stores the records of one call in one Append, in
-// one buffer sized up front.
+// scratch is what one append needs; the store copies what it is given,
+// so it is reused.
+type scratch struct {
+	buf  []byte
+	data [][]byte
+	ids  []uint64
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// append encodes and stores the records of one call in one Append.
 func (st store) append(recs []*outbox.Record) error {
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
 	size := 0
 	for _, r := range recs {
 		size += outbox.RecordSize(r)
 	}
-	buf := make([]byte, 0, size)
-	// A call of one record, the common case, needs no slices.
-	var one [1][]byte
-	var oneID [1]uint64
-	data, ids := one[:], oneID[:]
-	if len(recs) > 1 {
-		data, ids = make([][]byte, len(recs)), make([]uint64, len(recs))
+	if cap(sc.buf) < size {
+		sc.buf = make([]byte, 0, size)
 	}
-	for i, r := range recs {
+	buf := sc.buf[:0]
+	sc.data, sc.ids = sc.data[:0], sc.ids[:0]
+	for _, r := range recs {
 		start := len(buf)
 		buf = outbox.AppendRecord(buf, r)
-		data[i] = buf[start:len(buf):len(buf)]
+		sc.data = append(sc.data, buf[start:len(buf):len(buf)])
+		sc.ids = append(sc.ids, 0)
 	}
-	if err := st.s.Append(data, ids); err != nil {
-		return err
+	err := st.s.Append(sc.data, sc.ids)
+	if err == nil {
+		for i, r := range recs {
+			r.Seq = sc.ids[i]
+		}
 	}
-	for i, r := range recs {
-		r.Seq = ids[i]
+	if cap(sc.buf) > 1<<20 {
+		sc.buf = nil // a huge call's buffer is not kept
 	}
-	return nil
+	clear(sc.data)
+	return err
 }
 
 // remove forgets the stored ones of recs.

@@ -184,11 +184,9 @@ func parseSegName(name string) (uint64, bool) {
 	return n, err == nil
 }
 
-func checksum(id uint64, data []byte) uint32 {
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], id)
-	return crc32.Update(crc32.Checksum(b[:], castagnoli), castagnoli, data)
-}
+// frameSum is a frame's checksum: over its id and data, which follow each
+// other in the frame (b is the frame from its id on).
+func frameSum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 // appendFrame appends one frame to dst: its data is the write time
 // (unix nanoseconds, 8 bytes LE, for WithMaxAge) and the record.
@@ -199,7 +197,7 @@ func appendFrame(dst []byte, id uint64, at int64, data []byte) []byte {
 	binary.LittleEndian.PutUint64(h[16:], uint64(at))
 	start := len(dst)
 	dst = append(append(dst, h[:]...), data...)
-	binary.LittleEndian.PutUint32(dst[start+4:], checksum(id, dst[start+frameHead:]))
+	binary.LittleEndian.PutUint32(dst[start+4:], frameSum(dst[start+8:]))
 	return dst
 }
 
@@ -215,7 +213,7 @@ func readFrame(b []byte) (id uint64, data []byte, n int, ok bool) {
 	}
 	id = binary.LittleEndian.Uint64(b[8:])
 	data = b[frameHead : frameHead+int(l)]
-	if binary.LittleEndian.Uint32(b[4:]) != checksum(id, data) {
+	if binary.LittleEndian.Uint32(b[4:]) != frameSum(b[8:frameHead+int(l)]) {
 		return 0, nil, 0, false
 	}
 	return id, data, frameHead + int(l), true
