@@ -56,12 +56,13 @@ func (s *Server) onAttrRequest(u *up) {
 		s.shapeLocked(u, "attribute request without key or keys")
 		return
 	}
+	u.createCode = codeImplementationError // processFailure(…, IMPLEMENTATION_SPECIFIC_ERROR)
 	d := s.sessionLocked(u, name, "default")
 	if d == nil {
 		return
 	}
 	if !u.c.gw.subs.message(u.now) {
-		s.shapeLocked(u, "rate limit (gateway messages): attribute request")
+		s.dataRefusedLocked(u, name, "rate limit (gateway messages): attribute request", true)
 		return
 	}
 	payload := attributeResponse(id, name, d, client, names)

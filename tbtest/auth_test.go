@@ -60,8 +60,12 @@ func TestConnectRefusalCodes(t *testing.T) {
 		{"unknown token without client id", "", "nope", nil, 5},
 		{"empty username with client id", "c2", "", nil, 2},
 		{"empty username and client id", "", "", nil, 5},
-		{"known token with a password", "c3", "tok-1", &pw, 5},
+		{"unknown token with a password", "c5", "nope", &pw, 5},
+		{"unknown token with a password, no client id", "", "nope", &pw, 5},
 		{"known token", "c4", "tok-1", nil, 0},
+		// WIRE §10.3: the token as user name, any password, any client id.
+		{"known token with a password", "c3", "tok-1", &pw, 0},
+		{"known token with a password, no client id", "", "tok-1", &pw, 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,10 +10,11 @@ import (
 // own telemetry, attributes, attribute requests, client-side RPCs such as
 // getSessionLimits, answers to server RPCs, claims). They count against the
 // gateway-device rate-limit bucket, and a breach closes the connection
-// without PUBACK (WIRE §5.2).
+// without PUBACK (WIRE §5.2). A payload that cannot be parsed or converted
+// is an adaptor error (WIRE §2.2 first row).
 
 // selfLimitLocked consumes the gateway-device bucket; over the limit the
-// connection is closed without PUBACK (WIRE §5.2).
+// connection is closed without PUBACK (DISCONNECT 0x83 on MQTT 5, WIRE §5.2).
 func (s *Server) selfLimitLocked(u *up, data bool, points int) bool {
 	b := u.c.gw.own
 	ok := false
@@ -23,16 +24,43 @@ func (s *Server) selfLimitLocked(u *up, data bool, points int) bool {
 		ok = b.message(u.now)
 	}
 	if !ok {
-		s.closeNoAckLocked(u, "rate limit (gateway device): "+u.pk.TopicName)
+		s.selfRefusedLocked(u, "rate limit (gateway device): "+u.pk.TopicName)
 	}
 	return ok
+}
+
+// selfSubscription reports a device-API subscription that ThingsBoard
+// turns into an attribute or RPC subscription message (a regular message of
+// the gateway-device bucket), and for an attribute subscription the topic
+// its updates are published on ("" for the protobuf form, unsupported).
+func selfSubscription(filter string) (counted bool, attrTopic string) {
+	switch filter {
+	case topicSelfAttributes, topicShortAttributes, topicShortAttributesJSON:
+		return true, filter
+	case "v2/a/p":
+		return true, ""
+	case topicSelfRPCRequestSub, "v2/r/req/+", "v2/r/req/j/+", "v2/r/req/p/+":
+		return true, ""
+	}
+	return false, ""
+}
+
+// resetAttrTopic picks the attribute topic after an unsubscribe.
+func (c *conn) resetAttrTopic() {
+	c.attrTopic = ""
+	for _, f := range []string{topicSelfAttributes, topicShortAttributes, topicShortAttributesJSON} {
+		if _, ok := c.subs[f]; ok {
+			c.attrTopic = f
+			return
+		}
+	}
 }
 
 // topicID parses the request id that ends a device-API topic.
 func (s *Server) topicID(u *up, prefix string) (int, bool) {
 	id, err := strconv.Atoi(strings.TrimPrefix(u.pk.TopicName, prefix))
 	if err != nil {
-		s.closeNoAckLocked(u, "request id in topic is not an integer")
+		s.adaptorErrorLocked(u, "request id in topic is not an integer")
 		return 0, false
 	}
 	return id, true
@@ -49,18 +77,19 @@ func (s *Server) onSelfTelemetry(u *up) {
 	case '[':
 		items, _ = elements(u.pk.Payload)
 	default:
-		s.closeNoAckLocked(u, "telemetry is neither a JSON object nor an array")
+		s.adaptorErrorLocked(u, "telemetry is neither a JSON object nor an array")
 		return
 	}
 	pts, n, err := convertTelemetry(items, u.nowMs())
 	if err != nil {
-		s.closeNoAckLocked(u, "telemetry: "+err.Error())
+		s.adaptorErrorLocked(u, "telemetry: "+err.Error())
 		return
 	}
 	if !s.selfLimitLocked(u, true, n) {
 		return
 	}
 	storeTelemetry(u.c.gw.dev, pts)
+	u.p.points += len(pts)
 }
 
 func (s *Server) onSelfAttributes(u *up) {
@@ -69,12 +98,12 @@ func (s *Server) onSelfAttributes(u *up) {
 	}
 	list, err := members(u.pk.Payload)
 	if err != nil {
-		s.closeNoAckLocked(u, "attributes are not a JSON object")
+		s.adaptorErrorLocked(u, "attributes are not a JSON object")
 		return
 	}
 	kvs, err := rawToKVs(list)
 	if err != nil {
-		s.closeNoAckLocked(u, "attributes: "+err.Error())
+		s.adaptorErrorLocked(u, "attributes: "+err.Error())
 		return
 	}
 	if !s.selfLimitLocked(u, true, len(kvs)) {
@@ -83,6 +112,7 @@ func (s *Server) onSelfAttributes(u *up) {
 	for _, kv := range kvs {
 		u.c.gw.dev.client[kv.key] = kv.val
 	}
+	u.p.attributes += len(kvs)
 }
 
 func (s *Server) onSelfAttrRequest(u *up) {
@@ -92,7 +122,7 @@ func (s *Server) onSelfAttrRequest(u *up) {
 	}
 	o, err := parseObject(u.pk.Payload)
 	if err != nil {
-		s.closeNoAckLocked(u, "attribute request is not a JSON object")
+		s.adaptorErrorLocked(u, "attribute request is not a JSON object")
 		return
 	}
 	keys := func(name string) ([]string, bool, error) {
@@ -115,7 +145,7 @@ func (s *Server) onSelfAttrRequest(u *up) {
 	ck, hasC, err1 := keys("clientKeys")
 	sk, hasS, err2 := keys("sharedKeys")
 	if err1 != nil || err2 != nil {
-		s.closeNoAckLocked(u, "clientKeys/sharedKeys must be comma-separated strings")
+		s.adaptorErrorLocked(u, "clientKeys/sharedKeys must be comma-separated strings")
 		return
 	}
 	if !s.selfLimitLocked(u, false, 0) {
@@ -159,7 +189,7 @@ func (s *Server) onSelfRPCRequest(u *up) {
 	}
 	o, err := parseObject(u.pk.Payload)
 	if err != nil {
-		s.closeNoAckLocked(u, "RPC request is not a JSON object")
+		s.adaptorErrorLocked(u, "RPC request is not a JSON object")
 		return
 	}
 	method := ""
@@ -194,11 +224,12 @@ func (s *Server) onSelfClaim(u *up) {
 	}
 	cl, err := claimOf(u.pk.Payload)
 	if err != nil {
-		s.closeNoAckLocked(u, "claim: "+err.Error())
+		s.adaptorErrorLocked(u, "claim: "+err.Error())
 		return
 	}
 	if !s.selfLimitLocked(u, false, 0) {
 		return
 	}
 	u.c.gw.dev.claims = append(u.c.gw.dev.claims, cl)
+	u.p.claims++
 }

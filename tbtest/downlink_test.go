@@ -1,10 +1,8 @@
 package tbtest_test
 
 import (
-	"context"
 	"encoding/json"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -116,81 +114,6 @@ func TestSharedAttributePush(t *testing.T) {
 	assert.Equal(t, int64(1), s.SharedAttributes("Other")["x"])
 }
 
-func TestRPC(t *testing.T) {
-	s := tbtest.NewServer(t)
-	g := dial(t, s, tbtest.DefaultToken)
-	g.pub("v1/gateway/connect", `{"device":"Device A"}`)
-	g.pub("v1/gateway/connect", `{"device":"Dev"}`)
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-
-	type result struct {
-		data json.RawMessage
-		err  error
-	}
-	call := func(device, method string, params any) chan result {
-		ch := make(chan result, 1)
-		go func() {
-			d, err := s.RPC(ctx, device, method, params)
-			ch <- result{d, err}
-		}()
-		return ch
-	}
-
-	// First RPC of each device has id 0.
-	resA := call("Device A", "toggle_gpio", map[string]int{"pin": 1})
-	m := g.next("v1/gateway/rpc")
-	assert.Equal(t, vec(t, "downlink", "rpc-request").Payload, string(m.Payload()))
-	assert.Equal(t, byte(1), m.Qos())
-	v := vec(t, "uplink", "rpc-reply")
-	g.pub(v.Topic, v.Payload)
-	r := <-resA
-	require.NoError(t, r.err)
-	assert.Equal(t, `{"success":true}`, string(r.data))
-
-	resDev := call("Dev", "getValue", true)
-	m = g.next("v1/gateway/rpc")
-	assert.Equal(t, `{"device":"Dev","data":{"id":0,"method":"getValue","params":true}}`, string(m.Payload()))
-
-	// Ids count per device; one-way RPCs consume ids too.
-	require.NoError(t, s.OneWayRPC("Device A", "reboot", nil))
-	m = g.next("v1/gateway/rpc")
-	assert.Equal(t, `{"device":"Device A","data":{"id":1,"method":"reboot","params":null}}`, string(m.Payload()))
-	resA2 := call("Device A", "get", json.RawMessage(`[1, 2]`))
-	m = g.next("v1/gateway/rpc")
-	assert.Equal(t, `{"device":"Device A","data":{"id":2,"method":"get","params":[1,2]}}`, string(m.Payload()))
-
-	// Replies are matched by (device, id); a stale one is dropped.
-	g.pub("v1/gateway/rpc", `{"device":"Device A","id":7,"data":"stale"}`)
-	g.pub("v1/gateway/rpc", `{"device":"Device A","id":2,"data":"ok"}`)
-	g.pub("v1/gateway/rpc", `{"device":"Dev","id":0,"data":{"response":"someResponse"}}`)
-	r = <-resA2
-	require.NoError(t, r.err)
-	assert.Equal(t, `"ok"`, string(r.data))
-	r = <-resDev
-	require.NoError(t, r.err)
-	assert.Equal(t, `{"response":"someResponse"}`, string(r.data))
-
-	// Offline devices and unanswered calls.
-	_, err := s.RPC(ctx, "nobody", "m", nil)
-	require.ErrorIs(t, err, tbtest.ErrDeviceOffline)
-	require.ErrorIs(t, s.OneWayRPC("nobody", "m", nil), tbtest.ErrDeviceOffline)
-	short, cancelShort := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancelShort()
-	_, err = s.RPC(short, "Dev", "noReply", nil)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
-}
-
-func TestRPCSubscribedQoS0(t *testing.T) {
-	s := tbtest.NewServer(t)
-	g := dial(t, s, tbtest.DefaultToken)
-	require.Equal(t, byte(0), g.sub("v1/gateway/rpc", 0))
-	g.pub("v1/gateway/connect", `{"device":"A"}`)
-	require.NoError(t, s.OneWayRPC("A", "m", map[string]any{}))
-	m := g.next("v1/gateway/rpc")
-	assert.Equal(t, byte(0), m.Qos(), "granted QoS of the subscription")
-}
-
 func TestGetSessionLimits(t *testing.T) {
 	t.Run("defaults", func(t *testing.T) {
 		s := tbtest.NewServer(t)
@@ -256,77 +179,4 @@ func TestGatewaySharedAttributePush(t *testing.T) {
 	s.DeleteGatewaySharedAttributes(tbtest.DefaultToken, "pollPeriod")
 	m = g.next("v1/devices/me/attributes")
 	assert.Equal(t, `{"deleted":["pollPeriod"]}`, string(m.Payload()))
-}
-
-func TestGatewayRPC(t *testing.T) {
-	s := tbtest.NewServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	_, err := s.GatewayRPC(ctx, tbtest.DefaultToken, "reboot", nil)
-	require.ErrorIs(t, err, tbtest.ErrDeviceOffline)
-	_, err = s.GatewayRPC(ctx, "unknown", "reboot", nil)
-	require.ErrorIs(t, err, tbtest.ErrUnknownGateway)
-
-	g := dial(t, s, tbtest.DefaultToken)
-	// Not subscribed to v1/devices/me/rpc/request/+: the RPC waits queued,
-	// and is dropped when its context ends.
-	sent := len(s.Sent())
-	short, cancelShort := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancelShort()
-	_, err = s.GatewayRPC(short, tbtest.DefaultToken, "expired", nil)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.Len(t, s.Sent(), sent, "nothing written before the subscription")
-
-	require.Equal(t, byte(1), g.sub("v1/devices/me/rpc/request/+", 1))
-	done := make(chan json.RawMessage, 1)
-	go func() {
-		d, err := s.GatewayRPC(ctx, tbtest.DefaultToken, "reboot", map[string]any{})
-		assert.NoError(t, err)
-		done <- d
-	}()
-	m := g.next("v1/devices/me/rpc/request/1")
-	assert.Equal(t, `{"method":"reboot","params":{}}`, string(m.Payload()))
-	assert.Equal(t, 0, g.received("v1/devices/me/rpc/request/0"), "the expired RPC is never delivered")
-	g.pub("v1/devices/me/rpc/response/1", `{"done":true}`)
-	assert.Equal(t, `{"done":true}`, string(<-done))
-
-	// Subscribed: delivered at once; the answer is returned verbatim.
-	go func() {
-		d, err := s.GatewayRPC(ctx, tbtest.DefaultToken, "ping", "x")
-		assert.NoError(t, err)
-		done <- d
-	}()
-	m = g.next("v1/devices/me/rpc/request/2")
-	assert.Equal(t, `{"method":"ping","params":"x"}`, string(m.Payload()))
-	g.pub("v1/devices/me/rpc/response/2", `not json`)
-	assert.Equal(t, `not json`, string(<-done))
-}
-
-func TestDeviceRenamedAndDeletedNotifications(t *testing.T) {
-	s := tbtest.NewServer(t)
-	g := dial(t, s, tbtest.DefaultToken)
-	g.pub("v1/gateway/connect", `{"device":"Old Name","type":"T"}`)
-	g.pub("v1/gateway/connect", `{"device":"Device A"}`)
-
-	s.NotifyDeviceRenamed("Old Name", "New Name")
-	s.NotifyDeviceDeleted("Device A")
-	_, ok := s.Device("Old Name")
-	assert.False(t, ok)
-	d, ok := s.Device("New Name")
-	require.True(t, ok)
-	assert.Equal(t, "T", d.Profile)
-	assert.False(t, d.Connected, "the session under the old name is closed")
-	_, ok = s.Device("Device A")
-	assert.False(t, ok)
-
-	// Delivered once the gateway subscribes to its RPC topic.
-	require.Equal(t, byte(1), g.sub("v1/devices/me/rpc/request/+", 1))
-	m := g.next("v1/devices/me/rpc/request/0")
-	assert.JSONEq(t, `{"method":"gateway_device_renamed","params":{"Old Name":"New Name"}}`, string(m.Payload()))
-	m = g.next("v1/devices/me/rpc/request/1")
-	assert.JSONEq(t, `{"method":"gateway_device_deleted","params":"Device A"}`, string(m.Payload()))
-
-	// A later uplink for a deleted name creates a new device.
-	g.pub("v1/gateway/telemetry", `{"Device A":[{"t":1}]}`)
-	assert.True(t, connected(s, "Device A"))
 }

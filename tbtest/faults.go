@@ -48,8 +48,9 @@ func (s *Server) DelayAcks(d time.Duration) {
 }
 
 // RefuseConnections makes the server refuse every CONNECT for the next d
-// with CONNACK "server unavailable" (3 on MQTT 3.1.1, 0x88 on MQTT 5); d <= 0
-// stops refusing. Existing connections are not affected.
+// with CONNACK "server unavailable" (3 on MQTT 3.1.1; 0x88 and DISCONNECT
+// 0x89 on MQTT 5), as on a backend error; d <= 0 stops refusing. Existing
+// connections are not affected.
 func (s *Server) RefuseConnections(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/stretchr/testify/require"
 
@@ -28,11 +29,12 @@ var clientSeq atomic.Int64
 
 // gw is a raw paho client acting as a gateway.
 type gw struct {
-	t    *testing.T
-	c    paho.Client
-	mu   sync.Mutex
-	msgs []paho.Message
-	lost chan error
+	t       *testing.T
+	c       paho.Client
+	mu      sync.Mutex
+	msgs    []paho.Message
+	arrived chan struct{} // closed and replaced when a message arrives
+	lost    chan error
 }
 
 // dial connects a paho client with token as username; it fails the test on
@@ -46,7 +48,7 @@ func dial(t *testing.T, s *tbtest.Server, token string, opts ...func(*paho.Clien
 
 func tryDial(t *testing.T, s *tbtest.Server, token string, opts ...func(*paho.ClientOptions)) (*gw, error) {
 	t.Helper()
-	g := &gw{t: t, lost: make(chan error, 1)}
+	g := &gw{t: t, lost: make(chan error, 1), arrived: make(chan struct{})}
 	o := paho.NewClientOptions().
 		AddBroker(s.URL()).
 		SetClientID(fmt.Sprintf("gw-%d", clientSeq.Add(1))).
@@ -60,6 +62,8 @@ func tryDial(t *testing.T, s *tbtest.Server, token string, opts ...func(*paho.Cl
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
 			g.mu.Lock()
 			g.msgs = append(g.msgs, m)
+			close(g.arrived)
+			g.arrived = make(chan struct{})
 			g.mu.Unlock()
 		}).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
@@ -112,8 +116,8 @@ func (g *gw) sub(filter string, qos byte) byte {
 // next waits for and removes the first received message on topic.
 func (g *gw) next(topic string) paho.Message {
 	g.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for time.Now().Before(deadline) {
+	timeout := time.After(waitTimeout)
+	for {
 		g.mu.Lock()
 		for i, m := range g.msgs {
 			if m.Topic() == topic {
@@ -122,11 +126,15 @@ func (g *gw) next(topic string) paho.Message {
 				return m
 			}
 		}
+		arrived := g.arrived
 		g.mu.Unlock()
-		time.Sleep(5 * time.Millisecond)
+		select {
+		case <-arrived:
+		case <-timeout:
+			g.t.Fatalf("no message on %s", topic)
+			return nil
+		}
 	}
-	g.t.Fatalf("no message on %s", topic)
-	return nil
 }
 
 // received returns the number of messages received on topic so far.
@@ -210,7 +218,7 @@ func vec(t *testing.T, file, name string) vector {
 // --- raw MQTT 3.1.1 client for packet-exact assertions ---
 
 type wire struct {
-	t *testing.T
+	t testing.TB
 	c net.Conn
 	r *bufio.Reader
 }
@@ -339,4 +347,199 @@ func (w *wire) ping() {
 	typ, _, err := w.read()
 	require.NoError(w.t, err)
 	require.Equal(w.t, byte(0xd0), typ, "PINGRESP expected")
+}
+
+// --- MQTT 5 client (eclipse/paho.golang) ---
+
+// gw5 is a paho.golang MQTT 5 client acting as a gateway.
+type gw5 struct {
+	t       *testing.T
+	c       *paho5.Client
+	connack *paho5.Connack
+	mu      sync.Mutex
+	msgs    []*paho5.Publish
+	arrived chan struct{}
+	disc    chan byte  // reason code of a server DISCONNECT
+	gone    chan error // the connection ended without DISCONNECT
+}
+
+// dial5 connects an MQTT 5 client with token as user name; it fails the
+// test on a refused connection.
+func dial5(t *testing.T, s *tbtest.Server, token string) *gw5 {
+	t.Helper()
+	g, err := tryDial5(t, s, &paho5.Connect{Username: token, UsernameFlag: true})
+	require.NoError(t, err)
+	return g
+}
+
+func tryDial5(t *testing.T, s *tbtest.Server, cp *paho5.Connect) (*gw5, error) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", s.Addr(), waitTimeout)
+	require.NoError(t, err)
+	g := &gw5{t: t, arrived: make(chan struct{}), disc: make(chan byte, 1), gone: make(chan error, 1)}
+	g.c = paho5.NewClient(paho5.ClientConfig{
+		Conn:          conn,
+		PacketTimeout: waitTimeout,
+		OnPublishReceived: []func(paho5.PublishReceived) (bool, error){func(r paho5.PublishReceived) (bool, error) {
+			g.mu.Lock()
+			g.msgs = append(g.msgs, r.Packet)
+			close(g.arrived)
+			g.arrived = make(chan struct{})
+			g.mu.Unlock()
+			return true, nil
+		}},
+		OnServerDisconnect: func(d *paho5.Disconnect) {
+			select {
+			case g.disc <- d.ReasonCode:
+			default:
+			}
+		},
+		OnClientError: func(err error) {
+			select {
+			case g.gone <- err:
+			default:
+			}
+		},
+	})
+	if cp.ClientID == "" {
+		cp.ClientID = fmt.Sprintf("gw5-%d", clientSeq.Add(1))
+	}
+	cp.CleanStart = true
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	ca, err := g.c.Connect(ctx, cp)
+	g.connack = ca
+	if err != nil {
+		_ = conn.Close()
+		return g, err
+	}
+	t.Cleanup(func() {
+		_ = g.c.Disconnect(&paho5.Disconnect{})
+		<-g.c.Done()
+	})
+	return g, nil
+}
+
+// pub publishes and returns the PUBACK reason code (0 for QoS 0) and the
+// error paho.golang reports.
+func (g *gw5) pub(topic, payload string, qos byte) (byte, error) {
+	g.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	pr, err := g.c.Publish(ctx, &paho5.Publish{Topic: topic, QoS: qos, Payload: []byte(payload)})
+	if pr == nil {
+		return 0, err
+	}
+	return pr.ReasonCode, err
+}
+
+// ok publishes at QoS 1 and requires a successful PUBACK.
+func (g *gw5) ok(topic, payload string) {
+	g.t.Helper()
+	code, err := g.pub(topic, payload, 1)
+	require.NoError(g.t, err)
+	require.Equal(g.t, byte(0), code)
+}
+
+// next waits for and removes the first received message on topic.
+func (g *gw5) next(topic string) *paho5.Publish {
+	g.t.Helper()
+	timeout := time.After(waitTimeout)
+	for {
+		g.mu.Lock()
+		for i, m := range g.msgs {
+			if m.Topic == topic {
+				g.msgs = append(g.msgs[:i], g.msgs[i+1:]...)
+				g.mu.Unlock()
+				return m
+			}
+		}
+		arrived := g.arrived
+		g.mu.Unlock()
+		select {
+		case <-arrived:
+		case <-timeout:
+			g.t.Fatalf("no message on %s", topic)
+			return nil
+		}
+	}
+}
+
+// waitDisconnect waits for the server's DISCONNECT and returns its code.
+func (g *gw5) waitDisconnect() byte {
+	g.t.Helper()
+	select {
+	case code := <-g.disc:
+		return code
+	case err := <-g.gone:
+		g.t.Fatalf("connection closed without DISCONNECT: %v", err)
+	case <-time.After(waitTimeout):
+		g.t.Fatal("no DISCONNECT from the server")
+	}
+	return 0
+}
+
+// waitCut waits until the server closed the TCP connection without a
+// DISCONNECT packet.
+func (g *gw5) waitCut() {
+	g.t.Helper()
+	select {
+	case code := <-g.disc:
+		g.t.Fatalf("DISCONNECT %#x instead of a plain close", code)
+	case <-g.gone:
+	case <-time.After(waitTimeout):
+		g.t.Fatal("connection not closed by the server")
+	}
+}
+
+// --- raw MQTT 5 packets ---
+
+// props encodes MQTT 5 properties with their length.
+func props(p ...byte) []byte { return append(encLen(len(p)), p...) }
+
+// userProperty is property 0x26.
+func userProperty(k, v string) []byte {
+	return append(append([]byte{0x26}, encStr(k)...), encStr(v)...)
+}
+
+// rawConnect5 opens a TCP connection and sends an MQTT 5 CONNECT (clean
+// start, no properties). It returns the client and the CONNACK body.
+func rawConnect5(t *testing.T, s *tbtest.Server, clientID, username string) (*wire, []byte) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", s.Addr(), waitTimeout)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	w := &wire{t: t, c: c, r: bufio.NewReader(c)}
+	flags := byte(0x02)
+	pl := encStr(clientID)
+	if username != "" {
+		flags |= 0x80
+		pl = append(pl, encStr(username)...)
+	}
+	body := append(append(encStr("MQTT"), 5, flags, 0, 60), props()...)
+	w.write(packet(0x10, append(body, pl...)))
+	typ, b, err := w.read()
+	require.NoError(t, err)
+	require.Equal(t, byte(0x20), typ, "CONNACK expected")
+	return w, b
+}
+
+// publish5 sends an MQTT 5 PUBLISH with the given encoded properties.
+func (w *wire) publish5(topic string, payload []byte, qos byte, id uint16, properties []byte) {
+	w.t.Helper()
+	body := encStr(topic)
+	if qos > 0 {
+		body = binary.BigEndian.AppendUint16(body, id)
+	}
+	body = append(append(body, properties...), payload...)
+	w.write(packet(0x30|qos<<1, body))
+}
+
+// expect reads the next packet and requires its type and exact body.
+func (w *wire) expect(typ byte, body []byte, what string) {
+	w.t.Helper()
+	got, b, err := w.read()
+	require.NoError(w.t, err, what)
+	require.Equal(w.t, typ, got, what)
+	require.Equal(w.t, body, b, what)
 }

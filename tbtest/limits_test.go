@@ -108,6 +108,47 @@ func TestRateLimitGatewayDeviceMessages(t *testing.T) {
 	assert.Contains(t, lastRejection(t, s).Reason, "rate limit (gateway device)")
 }
 
+// WIRE §10.4: the gateway's own session open and close cost one message
+// each in its transportGatewayDevice* bucket; an open over the limit is
+// refused as a rate-limited CONNECT (CONNACK 3 on MQTT 3.1.1).
+func TestRateLimitGatewaySessionOpenAndClose(t *testing.T) {
+	s := tbtest.NewServer(t, tbtest.WithRateLimits(tbtest.RateLimits{Messages: "2:600"}, tbtest.RateLimits{}))
+	g := dial(t, s, tbtest.DefaultToken) // open: 1
+	g.c.Disconnect(0)                    // close: 2
+	waitFor(t, s, func() bool { return !connected(s, s.GatewayName(tbtest.DefaultToken)) }, "session closed")
+	assert.Empty(t, s.Rejections())
+
+	w, code := rawConnect(t, s, "third", tbtest.DefaultToken, nil)
+	assert.Equal(t, byte(3), code, "server unavailable")
+	w.expectClosed()
+	r := lastRejection(t, s)
+	assert.Contains(t, r.Reason, "session open")
+	assert.True(t, r.Closed)
+	assert.False(t, connected(s, s.GatewayName(tbtest.DefaultToken)))
+}
+
+// WIRE §10.4: a device that is new on a connection costs two regular
+// messages (lookup and session open) again after a reconnect, and the
+// session close of the cut connection costs one.
+func TestRateLimitReannounceCosts(t *testing.T) {
+	s := tbtest.NewServer(t, tbtest.WithRateLimits(tbtest.RateLimits{}, tbtest.RateLimits{Messages: "5:600"}))
+	w, _ := rawConnect(t, s, "first", tbtest.DefaultToken, nil)
+	w.publish("v1/gateway/connect", []byte(`{"device":"A"}`), 1, 1) // 1, 2
+	w.expectPuback(1)
+	require.True(t, s.DropConnection(tbtest.DefaultToken)) // session close: 3
+	w.expectClosed()
+
+	w, _ = rawConnect(t, s, "second", tbtest.DefaultToken, nil)
+	w.publish("v1/gateway/connect", []byte(`{"device":"A"}`), 1, 1) // 4, 5
+	w.expectPuback(1)
+	assert.Empty(t, s.Rejections())
+	w.publish("v1/gateway/telemetry", []byte(`{"A":[{"t":1}]}`), 1, 2) // data: the other limits
+	w.expectPuback(2)
+	w.publish("v1/gateway/connect", []byte(`{"device":"B"}`), 1, 3) // lookup: 6
+	w.expectClosed()
+	assert.Contains(t, lastRejection(t, s).Reason, `lookup/creation of device "B"`)
+}
+
 func TestInvalidRateLimitFailsNewServer(t *testing.T) {
 	assert.Panics(t, func() {
 		tbtest.NewServer(nil, tbtest.WithRateLimits(tbtest.RateLimits{Messages: "ten per minute"}, tbtest.RateLimits{}))

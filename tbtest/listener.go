@@ -92,10 +92,10 @@ func (l *listener) shutdown() {
 	l.wg.Wait()
 }
 
-// listenTCP binds addr, retrying for a while when the address is still in
-// use (rebinding the same port after Stop).
-func listenTCP(addr string) (net.Listener, error) {
-	deadline := time.Now().Add(3 * time.Second)
+// listenTCP binds addr, retrying for up to retry while the address is still
+// in use (rebinding the same port after Stop).
+func listenTCP(addr string, retry time.Duration) (net.Listener, error) {
+	deadline := time.Now().Add(retry)
 	for {
 		ln, err := net.Listen("tcp", addr)
 		if err == nil {

@@ -55,6 +55,7 @@ type gatewaySpec struct {
 }
 
 type config struct {
+	addr            string
 	gateways        []gatewaySpec
 	tls             bool
 	maxPayload      int
@@ -62,12 +63,13 @@ type config struct {
 	gwDeviceLimits  RateLimits
 	gwLimits        RateLimits
 	ackOnValidation bool
+	maxDevices      int
 	logger          *slog.Logger
 }
 
 // WithGateway registers a gateway device (a ThingsBoard device with
 // additionalInfo gateway=true) that authenticates with accessToken as its MQTT
-// username and no password. Its device name is "Gateway <accessToken>"; use
+// username, with any password and any client id (WIRE §10.3). Its device name is "Gateway <accessToken>"; use
 // WithNamedGateway to choose the name. The option may be repeated to serve
 // several gateways at once. Without any gateway option, NewServer registers
 // one gateway with DefaultToken.
@@ -115,7 +117,12 @@ func WithSessionLimits(l SessionLimits) Option {
 // gatewayDevice is the transportGatewayDevice* bucket (the gateway's own
 // v1/devices/me/* session), gateway the transportGateway* bucket shared by all
 // sub-device traffic of one gateway. Buckets are kept per gateway token and
-// survive reconnects and Restart. A malformed limit string makes NewServer fail.
+// survive reconnects and Restart. As on ThingsBoard (WIRE §10.4), the
+// gateway's own session open and close cost one message each of
+// gatewayDevice (an open over the limit refuses the CONNECT: CONNACK 3, or
+// 0x9F and DISCONNECT 0x96 on MQTT 5), and a sub-device new on a connection
+// costs two messages of gateway (lookup and session open) before its data.
+// A malformed limit string makes NewServer fail.
 func WithRateLimits(gatewayDevice, gateway RateLimits) Option {
 	return func(c *config) {
 		c.gwDeviceLimits = gatewayDevice
@@ -131,8 +138,28 @@ func WithSendAckOnValidationError() Option {
 	return func(c *config) { c.ackOnValidation = true }
 }
 
-// WithLogger routes the logs of the embedded mochi broker to l. By default
-// they are discarded.
+// WithAddr makes NewServer listen on addr ("host:port") instead of a random
+// loopback port, so that programs and clients configured in advance (the
+// tbtest command, an external tool) can find it. Port 0 picks a free port;
+// Addr reports the one chosen. The default is "127.0.0.1:0".
+func WithAddr(addr string) Option {
+	return func(c *config) { c.addr = addr }
+}
+
+// WithMaxDevices emulates a tenant profile's maxDevices: creating a
+// sub-device beyond n sub-devices in the registry fails with "Maximum number
+// of devices reached!", which an MQTT 5 gateway sees as PUBACK 0x97 and an
+// MQTT 3.1.1 gateway as a plain PUBACK (WIRE §2.2, server test
+// testAckIsReceivedOnFailedPublishMessage). n <= 0 (the default) means no
+// limit.
+func WithMaxDevices(n int) Option {
+	return func(c *config) { c.maxDevices = max(n, 0) }
+}
+
+// WithLogger routes the server's event log to l, with the logs of the
+// embedded mochi broker: at Info, gateway connections, every PUBLISH with
+// its answer and what it stored, devices created, downlinks and refusals;
+// at Debug, publish payloads too. By default everything is discarded.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) { c.logger = l }
 }

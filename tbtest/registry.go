@@ -2,6 +2,7 @@ package tbtest
 
 import (
 	"context"
+	"log/slog"
 	"maps"
 	"sort"
 	"time"
@@ -24,6 +25,11 @@ type Device struct {
 	Connected bool
 	Created   time.Time
 	IsGateway bool
+	// WaitingRPCs counts the server RPCs kept for the device until it has a
+	// session (for a gateway: until it subscribes to
+	// v1/devices/me/rpc/request/+), so a test can tell that an RPC it
+	// issued is waiting rather than written.
+	WaitingRPCs int
 }
 
 // Point is one stored telemetry value. Value holds int64, float64, string,
@@ -80,13 +86,15 @@ type device struct {
 	created      time.Time
 	session      *conn // open sub-device session, nil if none
 
-	series map[string][]Point
-	latest map[string]Point
+	series map[string]*series // telemetry by key
 	points int
 	client map[string]any
 	shared map[string]any
 	claims []Claim
 	rpcSeq int
+	// waiting holds server RPCs issued while the device had no session
+	// (WIRE §10.6), in issue order.
+	waiting []*rpcCall
 }
 
 func newDevice(name, profile string, now time.Time) *device {
@@ -94,8 +102,7 @@ func newDevice(name, profile string, now time.Time) *device {
 		name:    name,
 		profile: profile,
 		created: now,
-		series:  map[string][]Point{},
-		latest:  map[string]Point{},
+		series:  map[string]*series{},
 		client:  map[string]any{},
 		shared:  map[string]any{},
 	}
@@ -112,21 +119,107 @@ func (d *device) snapshot(s *Server) Device {
 	if d.isGateway {
 		if g := s.gateways[d.ownToken]; g != nil {
 			out.Connected = liveConn(g) != nil
+			out.WaitingRPCs = len(g.queue)
 		}
 	} else {
 		out.Connected = liveSession(d) != nil
+		out.WaitingRPCs = len(d.waiting)
 	}
 	return out
 }
 
-// store records one telemetry point; Latest keeps the greatest timestamp
-// (a later arrival wins a tie).
-func (d *device) store(key string, p Point) {
-	d.series[key] = append(d.series[key], p)
-	d.points++
-	if old, ok := d.latest[key]; !ok || p.TS >= old.TS {
-		d.latest[key] = p
+// series holds the points of one telemetry key in chunks of columns that
+// hold no pointers: storing a point allocates nothing and copies nothing
+// already stored, and the garbage collector has nothing to scan (ingest
+// speed, see examples/bench -tbtest). Point values are built when read.
+type series struct {
+	chunks []*chunk
+	n      int
+	strs   map[int]string // string and JSON values by point index
+	latest stored         // greatest timestamp; a later arrival wins a tie
+}
+
+type chunk struct {
+	ts   []int64
+	num  []uint64
+	kind []valueKind
+}
+
+// maxChunk bounds a chunk's length; chunks start small, for the many
+// short series of tests.
+const maxChunk = 4096
+
+type stored struct {
+	ts int64
+	v  value
+}
+
+// store records one telemetry point.
+func (d *device) store(key string, ts int64, v value) {
+	sr := d.series[key]
+	if sr == nil {
+		sr = &series{}
+		d.series[key] = sr
 	}
+	sr.add(ts, v)
+	d.points++
+}
+
+// storeBytes is store with the key as bytes (no string is allocated for a
+// known key).
+func (d *device) storeBytes(key []byte, ts int64, v value) {
+	sr := d.series[string(key)]
+	if sr == nil {
+		sr = &series{}
+		d.series[string(key)] = sr
+	}
+	sr.add(ts, v)
+	d.points++
+}
+
+func (sr *series) add(ts int64, v value) {
+	if sr.n == 0 || ts >= sr.latest.ts {
+		sr.latest = stored{ts: ts, v: v}
+	}
+	var c *chunk
+	if len(sr.chunks) > 0 {
+		c = sr.chunks[len(sr.chunks)-1]
+	}
+	if c == nil || len(c.ts) == cap(c.ts) {
+		size := 8
+		if c != nil {
+			size = min(2*cap(c.ts), maxChunk)
+		}
+		c = &chunk{ts: make([]int64, 0, size), num: make([]uint64, 0, size), kind: make([]valueKind, 0, size)}
+		sr.chunks = append(sr.chunks, c)
+	}
+	c.ts = append(c.ts, ts)
+	c.num = append(c.num, v.num)
+	c.kind = append(c.kind, v.kind)
+	if v.kind == vString || v.kind == vJSON {
+		if sr.strs == nil {
+			sr.strs = map[int]string{}
+		}
+		sr.strs[sr.n] = v.str
+	}
+	sr.n++
+}
+
+// points returns every point in arrival order.
+func (sr *series) points() []Point {
+	out := make([]Point, 0, sr.n)
+	i := 0
+	for _, c := range sr.chunks {
+		for j := range c.ts {
+			v := value{kind: c.kind[j], num: c.num[j]}
+			if v.kind == vString || v.kind == vJSON {
+				v.str = sr.strs[i]
+			}
+			out = append(out, stored{ts: c.ts[j], v: v}.point())
+			i++
+		}
+	}
+	return out
 }
 
 // gateway is a registered gateway device and its live connection.
@@ -137,28 +230,28 @@ type gateway struct {
 	own   *bucket // transportGatewayDevice*: the gateway's own session
 	subs  *bucket // transportGateway*: shared by all sub-devices
 	// queue holds server RPCs to the gateway itself that wait for a
-	// v1/devices/me/rpc/request/+ subscription.
-	queue []queuedRPC
-}
-
-type queuedRPC struct {
-	id      int
-	payload []byte
+	// connection subscribed to v1/devices/me/rpc/request/+.
+	queue []*rpcCall
 }
 
 // conn is one authenticated MQTT connection of a gateway.
 type conn struct {
-	cl       *mqtt.Client
-	id       string
-	seq      uint64 // Message.Conn
-	token    string
-	gw       *gateway
-	subs     map[string]byte    // accepted filter -> granted QoS
-	sessions map[string]*device // open sub-device sessions by name
-	nextID   uint16
-	dead     bool
-	gone     chan struct{} // closed when dead is set
-	post     *plan         // work to do after the current packet was answered
+	cl    *mqtt.Client
+	id    string
+	seq   uint64 // Message.Conn
+	token string
+	gw    *gateway
+	v5    bool            // MQTT 5: reason codes, DISCONNECT packets, notices
+	subs  map[string]byte // accepted filter -> granted QoS
+	// attrTopic is where the gateway's own shared-attribute updates go:
+	// the last attribute topic it subscribed to ("" if none).
+	attrTopic string
+	sessions  map[string]*device // open sub-device sessions by name
+	nextID    uint16
+	dead      bool
+	gone      chan struct{} // closed when dead is set
+	post      *plan         // work to do after the current packet was answered
+	fast      *fastParser   // reused for this connection's telemetry
 }
 
 // alive reports a connection that is registered and whose socket is open
@@ -212,8 +305,9 @@ func (s *Server) Latest(device, key string) (Point, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if d := s.devices[device]; d != nil {
-		p, ok := d.latest[key]
-		return p, ok
+		if sr := d.series[key]; sr != nil {
+			return sr.latest.point(), true
+		}
 	}
 	return Point{}, false
 }
@@ -223,9 +317,28 @@ func (s *Server) Series(device, key string) []Point {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if d := s.devices[device]; d != nil {
-		return append([]Point(nil), d.series[key]...)
+		if sr := d.series[key]; sr != nil {
+			return sr.points()
+		}
 	}
 	return nil
+}
+
+// TelemetryKeys returns the telemetry keys stored for device, sorted, so a
+// test can check that nothing beyond the expected keys arrived.
+func (s *Server) TelemetryKeys(device string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.devices[device]
+	if d == nil {
+		return nil
+	}
+	keys := make([]string, 0, len(d.series))
+	for k := range d.series {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // TelemetryCount returns the number of stored telemetry points of device
@@ -321,6 +434,14 @@ func (s *Server) notifyLocked() {
 	s.changed = make(chan struct{})
 }
 
+// info logs a server event at Info (payloads go at Debug), without
+// building the attributes when nobody listens.
+func (s *Server) info(msg string, args ...any) {
+	if s.log.Enabled(context.Background(), slog.LevelInfo) {
+		s.log.Info(msg, args...)
+	}
+}
+
 // --- helpers used under s.mu ---
 
 func cloneBytes(b []byte) []byte { return append([]byte(nil), b...) }
@@ -330,8 +451,13 @@ func (s *Server) rejectLocked(c *conn, topic string, payload []byte, reason stri
 	if c != nil {
 		r.ClientID, r.Username = c.id, c.token
 	}
+	s.addRejectionLocked(r)
+}
+
+// addRejectionLocked records and logs a refusal.
+func (s *Server) addRejectionLocked(r Rejection) {
 	s.rejections = append(s.rejections, r)
-	s.log.Debug("tbtest: rejected", "client", r.ClientID, "topic", topic, "reason", reason, "closed", closed)
+	s.info("tbtest: rejected", "client", r.ClientID, "topic", r.Topic, "reason", r.Reason, "closed", r.Closed)
 }
 
 // kv is a typed key/value pair ready to store.

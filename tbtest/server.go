@@ -18,6 +18,9 @@ import (
 // (RPC, GatewayRPC) interrupted by Close.
 var ErrServerClosed = errors.New("tbtest: server closed")
 
+// rebindRetry is how long Start and Restart wait for the port to be free.
+const rebindRetry = 3 * time.Second
+
 // errStopped is the stop cause given to connections cut by the server.
 var errStopped = errors.New("tbtest: connection closed by server")
 
@@ -51,10 +54,12 @@ type Server struct {
 	ackDelay    time.Duration
 	refuseUntil time.Time
 	changed     chan struct{}
+
+	ctl controls // Control functions
 }
 
 // NewServer starts a fake ThingsBoard server on a random loopback port
-// (127.0.0.1:0) and returns it. If tb is not nil, a start failure fails the
+// (127.0.0.1:0, or WithAddr) and returns it. If tb is not nil, a start failure fails the
 // test and tb.Cleanup closes the server; with a nil tb a failure panics and
 // the caller must call Close.
 func NewServer(tb testing.TB, opts ...Option) *Server {
@@ -64,7 +69,7 @@ func NewServer(tb testing.TB, opts ...Option) *Server {
 	s, err := newServer(opts...)
 	if err == nil {
 		s.life.Lock()
-		err = s.startLocked("127.0.0.1:0")
+		err = s.startLocked(s.cfg.addr, 0)
 		s.life.Unlock()
 	}
 	if err != nil {
@@ -81,7 +86,7 @@ func NewServer(tb testing.TB, opts ...Option) *Server {
 }
 
 func newServer(opts ...Option) (*Server, error) {
-	cfg := config{maxPayload: DefaultMaxPayloadSize}
+	cfg := config{addr: "127.0.0.1:0", maxPayload: DefaultMaxPayloadSize}
 	for _, o := range opts {
 		if o != nil {
 			o(&cfg)
@@ -145,9 +150,10 @@ func newServer(opts ...Option) (*Server, error) {
 	return s, nil
 }
 
-// startLocked binds addr and serves a fresh mochi broker on it.
-func (s *Server) startLocked(addr string) error {
-	ln, err := listenTCP(addr)
+// startLocked binds addr (retrying for up to retry while it is in use) and
+// serves a fresh mochi broker on it.
+func (s *Server) startLocked(addr string, retry time.Duration) error {
+	ln, err := listenTCP(addr, retry)
 	if err != nil {
 		return err
 	}
@@ -162,6 +168,7 @@ func (s *Server) startLocked(addr string) error {
 	caps.MaximumQos = 1 // QoS 2 publishes are treated as QoS 1 (PUBACK), SUBACK grants at most 1
 	// Safety net only: the exact ThingsBoard limit is checked in OnPacketRead.
 	caps.MaximumPacketSize = uint32(max(16<<20, s.cfg.maxPayload+16))
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	b := mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
 		Logger:                 s.log,
@@ -215,7 +222,8 @@ func (s *Server) URL() string {
 	return "tcp://" + s.Addr()
 }
 
-// Addr returns the listening address "127.0.0.1:PORT". It stays the same
+// Addr returns the listening address, "127.0.0.1:PORT" by default (the
+// port actually bound when WithAddr asked for port 0). It stays the same
 // across Stop, Start and Restart.
 func (s *Server) Addr() string {
 	s.mu.Lock()
@@ -267,7 +275,7 @@ func (s *Server) Start() error {
 	if s.broker != nil {
 		return nil
 	}
-	return s.startLocked(s.Addr())
+	return s.startLocked(s.Addr(), rebindRetry)
 }
 
 // Restart is Stop followed by Start.
@@ -278,5 +286,5 @@ func (s *Server) Restart() error {
 		return ErrServerClosed
 	}
 	s.stopLocked()
-	return s.startLocked(s.Addr())
+	return s.startLocked(s.Addr(), rebindRetry)
 }

@@ -29,6 +29,14 @@ const (
 	topicSelfRPCRequestSub      = "v1/devices/me/rpc/request/+"
 	topicSelfClaim              = "v1/devices/me/claim"
 
+	// v2 short forms of the device API (WIRE §1.2): telemetry and client
+	// attributes, JSON by default or explicitly (/j); publishing and
+	// subscribing work as on the v1 topics.
+	topicShortTelemetry      = "v2/t"
+	topicShortTelemetryJSON  = "v2/t/j"
+	topicShortAttributes     = "v2/a"
+	topicShortAttributesJSON = "v2/a/j"
+
 	maxDeviceNameLength = 255
 )
 
@@ -61,67 +69,18 @@ var acceptedFilters = map[string]bool{
 
 var jsonValid = json.Valid
 
-// verdict is how the server answers one PUBLISH on MQTT 3.1.1 (WIRE §2.2).
-type verdict int
-
-const (
-	vAck        verdict = iota // PUBACK (QoS 1), session stays
-	vNoAck                     // never acknowledged, session stays
-	vAckClose                  // PUBACK, then TCP close
-	vCloseNoAck                // TCP close, no PUBACK
-)
-
-func (v verdict) acks() bool   { return v == vAck || v == vAckClose }
-func (v verdict) closes() bool { return v == vAckClose || v == vCloseNoAck }
-
-// plan is the outcome of one packet: the answer and what follows it.
-type plan struct {
-	verdict verdict
-	after   []outbound // downlinks written after the PUBACK/SUBACK
-}
-
-// closing reports that the connection is being closed by this packet.
-func (p *plan) closing() bool { return p.verdict.closes() }
-
 // up carries what a handler needs about the PUBLISH being processed.
 type up struct {
 	c   *conn
 	pk  packets.Packet
 	p   *plan
 	now time.Time
+	// createCode is the PUBACK code of a failed device lookup/creation
+	// (0 means the usual 0x80/0x97).
+	createCode byte
 }
 
 func (u *up) nowMs() int64 { return u.now.UnixMilli() }
-
-// shapeLocked: JSON parses but has the wrong shape, or a gateway data
-// message breaks a rate limit → PUBACK then close.
-func (s *Server) shapeLocked(u *up, reason string) {
-	s.rejectLocked(u.c, u.pk.TopicName, u.pk.Payload, reason, true)
-	u.p.verdict = vAckClose
-	s.dropConnLocked(u.c)
-}
-
-// closeNoAck: unparseable JSON, conversion error, synchronous refusal →
-// close without PUBACK.
-func (s *Server) closeNoAckLocked(u *up, reason string) {
-	s.rejectLocked(u.c, u.pk.TopicName, u.pk.Payload, reason, true)
-	u.p.verdict = vCloseNoAck
-	s.dropConnLocked(u.c)
-}
-
-// syntaxLocked checks that the payload parses; on failure it applies
-// sendAckOnValidationException or closes without PUBACK.
-func (s *Server) syntaxLocked(u *up) bool {
-	if validJSON(u.pk.Payload) {
-		return true
-	}
-	if s.cfg.ackOnValidation && u.pk.FixedHeader.Qos == 1 {
-		s.rejectLocked(u.c, u.pk.TopicName, u.pk.Payload, "payload is not valid JSON (acknowledged: sendAckOnValidationException)", false)
-		return false
-	}
-	s.closeNoAckLocked(u, "payload is not valid JSON")
-	return false
-}
 
 func (s *Server) dispatchLocked(c *conn, pk packets.Packet, p *plan, now time.Time) {
 	u := &up{c: c, pk: pk, p: p, now: now}
@@ -131,7 +90,10 @@ func (s *Server) dispatchLocked(c *conn, pk packets.Packet, p *plan, now time.Ti
 		case topicConnect, topicDisconnect, topicTelemetry, topicAttributes,
 			topicAttrRequest, topicRPC, topicClaim:
 		default:
-			s.rejectLocked(c, topic, pk.Payload, "unknown gateway topic (PUBACK 0x90 on MQTT 5)", false)
+			s.topicInvalidLocked(u, "unknown gateway topic")
+			return
+		}
+		if topic == topicTelemetry && s.fastTelemetryLocked(u) {
 			return
 		}
 		if !s.syntaxLocked(u) {
@@ -156,9 +118,9 @@ func (s *Server) dispatchLocked(c *conn, pk packets.Packet, p *plan, now time.Ti
 		return
 	}
 	switch {
-	case topic == topicSelfTelemetry:
+	case topic == topicSelfTelemetry, topic == topicShortTelemetry, topic == topicShortTelemetryJSON:
 		s.onSelfTelemetry(u)
-	case topic == topicSelfAttributes:
+	case topic == topicSelfAttributes, topic == topicShortAttributes, topic == topicShortAttributesJSON:
 		s.onSelfAttributes(u)
 	case strings.HasPrefix(topic, topicSelfAttrRequestPrefix):
 		s.onSelfAttrRequest(u)
@@ -169,7 +131,7 @@ func (s *Server) dispatchLocked(c *conn, pk packets.Packet, p *plan, now time.Ti
 	case topic == topicSelfClaim:
 		s.onSelfClaim(u)
 	default:
-		s.rejectLocked(c, topic, pk.Payload, "unsupported topic", false)
+		s.topicInvalidLocked(u, "unsupported topic")
 	}
 }
 
@@ -192,24 +154,34 @@ func creationError(name, profile string) string {
 // sessionLocked returns the sub-device session of name on the connection,
 // opening it (and creating the device) if needed, as every gateway uplink
 // does (WIRE §2.3). It returns nil if the device cannot be used: then either
-// the connection is closing (u.p.closing()) or the failure is silent.
+// the connection is closing (u.p.closing()) or the failure decided the
+// PUBACK's code.
 func (s *Server) sessionLocked(u *up, name, profile string) *device {
 	c := u.c
 	if d := c.sessions[name]; d != nil {
 		return d
 	}
 	if !c.gw.subs.message(u.now) {
-		s.closeNoAckLocked(u, fmt.Sprintf("rate limit (gateway messages): lookup/creation of device %q", name))
+		s.syncRefusalLocked(u, fmt.Sprintf("rate limit (gateway messages): lookup/creation of device %q", name))
 		return nil
 	}
 	d := s.devices[name]
 	if d == nil {
-		if reason := creationError(name, profile); reason != "" {
-			s.rejectLocked(c, u.pk.TopicName, u.pk.Payload, reason, false)
+		code := codeUnspecifiedError
+		reason := creationError(name, profile)
+		if reason == "" && s.cfg.maxDevices > 0 && len(s.devices)-len(s.gateways) >= s.cfg.maxDevices {
+			code, reason = codeQuotaExceeded, "device creation failed: Maximum number of devices reached!"
+		}
+		if reason != "" {
+			if u.createCode != 0 {
+				code = u.createCode
+			}
+			s.createFailedLocked(u, reason, code)
 			return nil
 		}
 		d = newDevice(name, profile, u.now)
 		s.devices[name] = d
+		s.info("tbtest: device created", "device", name, "profile", profile, "gateway", c.gw.dev.name)
 	}
 	if !d.isGateway {
 		d.gatewayToken = c.token
@@ -226,7 +198,21 @@ func (s *Server) sessionLocked(u *up, name, profile string) *device {
 	}
 	d.session = c
 	c.sessions[name] = d
+	u.p.opened = append(u.p.opened, d)
 	return d
+}
+
+// flushOpenedLocked writes the RPCs kept for the devices whose session the
+// packet opened, after its PUBACK, unless the packet closes the connection.
+func (s *Server) flushOpenedLocked(c *conn, p *plan) {
+	if p.closing() {
+		return
+	}
+	for _, d := range p.opened {
+		if d.session == c && len(d.waiting) > 0 {
+			p.after = append(p.after, s.flushDeviceRPCsLocked(d, c)...)
+		}
+	}
 }
 
 // closeSessionLocked closes the sub-device session name on c. counted says
@@ -363,23 +349,66 @@ func (s *Server) onTelemetry(u *up) {
 		}
 		pts, n, err := convertTelemetry(items, u.nowMs())
 		if err != nil {
-			s.closeNoAckLocked(u, fmt.Sprintf("telemetry of device %q: %v", e.key, err))
-			return
+			if s.convertErrorLocked(u, fmt.Sprintf("telemetry of device %q: %v", e.key, err)) {
+				return
+			}
+			continue
 		}
 		if !u.c.gw.subs.data(n, u.now) {
-			s.shapeLocked(u, fmt.Sprintf("rate limit (gateway telemetry): device %q", e.key))
-			return
+			if s.dataRefusedLocked(u, e.key, fmt.Sprintf("rate limit (gateway telemetry): device %q", e.key), true) {
+				return
+			}
+			continue
 		}
 		storeTelemetry(d, pts)
+		u.p.points += len(pts)
 	}
 	if empty {
-		u.p.verdict = vNoAck
+		u.p.withhold()
 	}
+}
+
+// fastTelemetryLocked handles a telemetry publish the fast parser accepts
+// (see fastjson.go) exactly as onTelemetry would; false leaves it to
+// onTelemetry.
+func (s *Server) fastTelemetryLocked(u *up) bool {
+	c := u.c
+	if c.fast == nil {
+		c.fast = &fastParser{}
+	}
+	fp := c.fast
+	if !fp.telemetry(u.pk.Payload, u.nowMs()) {
+		return false
+	}
+	for _, dev := range fp.devices {
+		d := c.sessions[string(dev.name)]
+		if d == nil {
+			if d = s.sessionLocked(u, string(dev.name), "default"); u.p.closing() {
+				return true
+			}
+			if d == nil {
+				continue
+			}
+		}
+		pts := fp.points[dev.from:dev.to]
+		if !c.gw.subs.data(len(pts), u.now) {
+			if s.dataRefusedLocked(u, string(dev.name), fmt.Sprintf("rate limit (gateway telemetry): device %q", dev.name), true) {
+				return true
+			}
+			continue
+		}
+		for _, p := range pts {
+			d.storeBytes(p.key, p.ts, p.v)
+		}
+		u.p.points += len(pts)
+	}
+	return true
 }
 
 type tsPoint struct {
 	key string
-	p   Point
+	ts  int64
+	v   value
 }
 
 // convertTelemetry converts telemetry items (WIRE §2.4) into points and
@@ -418,7 +447,7 @@ func convertTelemetry(items []json.RawMessage, nowMs int64) ([]tsPoint, int, err
 			return nil, 0, fmt.Errorf("item %d: %v", i, err)
 		}
 		for _, kv := range kvs {
-			out = append(out, tsPoint{kv.key, Point{TS: ts, Value: kv.val}})
+			out = append(out, tsPoint{kv.key, ts, valueOf(kv.val)})
 		}
 	}
 	return out, len(out), nil
@@ -448,7 +477,7 @@ func checkMetadata(raw json.RawMessage) error {
 
 func storeTelemetry(d *device, pts []tsPoint) {
 	for _, p := range pts {
-		d.store(p.key, p.p)
+		d.store(p.key, p.ts, p.v)
 	}
 }
 
@@ -468,16 +497,21 @@ func (s *Server) onAttributes(u *up) {
 		list, _ := members(e.val)
 		kvs, err := rawToKVs(list)
 		if err != nil {
-			s.closeNoAckLocked(u, fmt.Sprintf("attributes of device %q: %v", e.key, err))
-			return
+			if s.convertErrorLocked(u, fmt.Sprintf("attributes of device %q: %v", e.key, err)) {
+				return
+			}
+			continue
 		}
 		if !u.c.gw.subs.data(len(kvs), u.now) {
-			s.shapeLocked(u, fmt.Sprintf("rate limit (gateway telemetry): attributes of device %q", e.key))
-			return
+			if s.dataRefusedLocked(u, e.key, fmt.Sprintf("rate limit (gateway telemetry): attributes of device %q", e.key), true) {
+				return
+			}
+			continue
 		}
 		for _, kv := range kvs {
 			d.client[kv.key] = kv.val
 		}
+		u.p.attributes += len(kvs)
 	}
 }
 
@@ -508,7 +542,7 @@ func (s *Server) onRPCReply(u *up) {
 		return
 	}
 	if !u.c.gw.subs.message(u.now) {
-		s.shapeLocked(u, "rate limit (gateway messages): RPC reply")
+		s.dataRefusedLocked(u, name, "rate limit (gateway messages): RPC reply", true)
 		return
 	}
 	key := rpcKey{device: name, id: id}
@@ -558,13 +592,18 @@ func (s *Server) onClaim(u *up) {
 		}
 		cl, err := claimOf(e.val)
 		if err != nil {
-			s.closeNoAckLocked(u, fmt.Sprintf("claim of device %q: %v", e.key, err))
-			return
+			if s.convertErrorLocked(u, fmt.Sprintf("claim of device %q: %v", e.key, err)) {
+				return
+			}
+			continue
 		}
 		if !u.c.gw.subs.message(u.now) {
-			s.shapeLocked(u, fmt.Sprintf("rate limit (gateway messages): claim of device %q", e.key))
-			return
+			if s.dataRefusedLocked(u, e.key, fmt.Sprintf("rate limit (gateway messages): claim of device %q", e.key), true) {
+				return
+			}
+			continue
 		}
 		d.claims = append(d.claims, cl)
+		u.p.claims++
 	}
 }

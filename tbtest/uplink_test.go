@@ -1,7 +1,12 @@
 package tbtest_test
 
 import (
+	"bufio"
+	"encoding/binary"
 	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,6 +102,8 @@ func TestTelemetryValueTyping(t *testing.T) {
 	assert.Equal(t, int64(4), key("key4")[0].Value, "4 is a long")
 	assert.Equal(t, json.RawMessage(`{"someNumber":42,"someArray":[1,2,3],"someNestedObject":{"key":"value"}}`), key("key5")[1].Value)
 	assert.Equal(t, 10, s.TelemetryCount("Device A"))
+	assert.Equal(t, []string{"key1", "key2", "key3", "key4", "key5"}, s.TelemetryKeys("Device A"))
+	assert.Nil(t, s.TelemetryKeys("unknown"))
 	p, ok := s.Latest("Device A", "key4")
 	require.True(t, ok)
 	assert.Equal(t, int64(20000), p.TS)
@@ -251,4 +258,118 @@ func TestUplinksAreNotForwarded(t *testing.T) {
 	assert.Equal(t, byte(1), msgs[0].QoS)
 	assert.NotEmpty(t, msgs[0].ClientID)
 	assert.False(t, msgs[0].Time.IsZero())
+}
+
+// The v2 short topics (WIRE §1.2) store like their v1 forms.
+func TestShortTopics(t *testing.T) {
+	s := tbtest.NewServer(t, tbtest.WithNamedGateway("GW", "tok"))
+	g := dial(t, s, "tok")
+	g.pub("v2/t", `{"ts":5,"values":{"a":1}}`)
+	g.pub("v2/t/j", `[{"ts":6,"values":{"a":"2"}},{"ts":7,"values":{"a":3.5}}]`)
+	assert.Equal(t, []tbtest.Point{{TS: 5, Value: int64(1)}, {TS: 6, Value: int64(2)}, {TS: 7, Value: 3.5}}, s.Series("GW", "a"))
+	g.pub("v2/a", `{"x":1}`)
+	g.pub("v2/a/j", `{"y":"z"}`)
+	assert.Equal(t, map[string]any{"x": int64(1), "y": "z"}, s.ClientAttributes("GW"))
+
+	// Errors as on v1: not JSON closes the connection (MQTT 3.1.1).
+	tok := g.pubAsync("v2/t", `{`)
+	g.waitLost()
+	tok.Wait()
+	assert.Contains(t, lastRejection(t, s).Reason, "not valid JSON")
+}
+
+// Subscribing to v2/a (or v2/a/j) gets the gateway's own shared-attribute
+// updates there.
+func TestShortTopicAttributeUpdates(t *testing.T) {
+	s := tbtest.NewServer(t)
+	g := dial(t, s, tbtest.DefaultToken)
+	require.Equal(t, byte(1), g.sub("v2/a", 1))
+	s.SetGatewaySharedAttributes(tbtest.DefaultToken, map[string]any{"p": 1})
+	m := g.next("v2/a")
+	assert.Equal(t, `{"p":1}`, string(m.Payload()))
+	require.Equal(t, byte(0), g.sub("v2/a/j", 0))
+	s.DeleteGatewaySharedAttributes(tbtest.DefaultToken, "p")
+	m = g.next("v2/a/j")
+	assert.Equal(t, `{"deleted":["p"]}`, string(m.Payload()))
+	assert.Equal(t, byte(0), m.Qos())
+
+	// Unsubscribing the last one falls back to the other subscription.
+	tok := g.c.Unsubscribe("v2/a/j")
+	require.True(t, tok.WaitTimeout(waitTimeout))
+	s.SetGatewaySharedAttributes(tbtest.DefaultToken, map[string]any{"q": true})
+	m = g.next("v2/a")
+	assert.Equal(t, `{"q":true}`, string(m.Payload()))
+}
+
+// BenchmarkTelemetryIngest measures what the server stores per second from
+// a gateway publishing 64 KiB telemetry messages of the SDK's shape, 100
+// unacknowledged at a time: go test -bench TelemetryIngest ./tbtest.
+func BenchmarkTelemetryIngest(b *testing.B) {
+	const devices, keys, window = 20, 5, 100
+	var payloads [][]byte
+	points := 0
+	for m := 0; m < 64; m++ {
+		var sb strings.Builder
+		sb.WriteString("{")
+		n := 0
+		for d := 0; d < devices && sb.Len() < 60000; d++ {
+			if d > 0 {
+				sb.WriteString(",")
+			}
+			fmt.Fprintf(&sb, `"Device %04d":[`, d)
+			for i := 0; i < 30; i++ {
+				if i > 0 {
+					sb.WriteString(",")
+				}
+				ts := 1700000000000 + int64(m*30+i)
+				fmt.Fprintf(&sb, `{"ts":%d,"values":{"k0":%g,"k1":%d,"k2":%g,"k3":%d,"k4":true}}`, ts, float64(i)/4+0.125, m*i, float64(m)+0.5, i)
+				n += keys
+			}
+			sb.WriteString("]")
+		}
+		sb.WriteString("}")
+		payloads = append(payloads, []byte(sb.String()))
+		points += n
+	}
+	s := tbtest.NewServer(b)
+	c, err := net.Dial("tcp", s.Addr())
+	require.NoError(b, err)
+	defer c.Close()
+	w := &wire{t: b, c: c, r: bufio.NewReader(c)}
+	w.write(packet(0x10, append(append(encStr("MQTT"), 4, 0x82, 0, 60), append(encStr("bench"), encStr(tbtest.DefaultToken)...)...)))
+	if typ, _, err := w.read(); err != nil || typ != 0x20 {
+		b.Fatalf("no CONNACK: %v", err)
+	}
+	acks := make(chan struct{}, window)
+	done := make(chan error, 1)
+	b.ResetTimer()
+	go func() {
+		for range b.N * len(payloads) {
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if typ, _, err := w.read(); err != nil || typ != 0x40 {
+				done <- fmt.Errorf("PUBACK expected: %#x %v", typ, err)
+				return
+			}
+			<-acks
+		}
+		done <- nil
+	}()
+	id := uint16(0)
+	for range b.N {
+		for _, p := range payloads {
+			acks <- struct{}{}
+			id++
+			if id == 0 {
+				id = 1
+			}
+			body := binary.BigEndian.AppendUint16(encStr("v1/gateway/telemetry"), id)
+			if _, err := c.Write(packet(0x32, append(body, p...))); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	require.NoError(b, <-done)
+	b.StopTimer()
+	b.ReportMetric(float64(points*b.N)/b.Elapsed().Seconds(), "points/s")
+	require.Empty(b, s.Rejections())
 }

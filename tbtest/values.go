@@ -359,3 +359,66 @@ func (o *objWriter) bytes() []byte {
 	}
 	return append(append([]byte(nil), o.b.Bytes()...), '}')
 }
+
+// value is a stored telemetry value without an interface box: the storing
+// path allocates nothing for numbers and booleans.
+type value struct {
+	kind valueKind
+	num  uint64 // long (two's complement), double bits, bool 0/1
+	str  string // string, or compact JSON text
+}
+
+type valueKind uint8
+
+const (
+	vLong valueKind = iota
+	vDouble
+	vBool
+	vString
+	vJSON
+)
+
+func longValue(n int64) value     { return value{kind: vLong, num: uint64(n)} }
+func doubleValue(f float64) value { return value{kind: vDouble, num: math.Float64bits(f)} }
+
+func boolValue(b bool) value {
+	if b {
+		return value{kind: vBool, num: 1}
+	}
+	return value{kind: vBool}
+}
+
+// valueOf converts a typed value (typeJSON's result) for storage.
+func valueOf(v any) value {
+	switch x := v.(type) {
+	case int64:
+		return longValue(x)
+	case float64:
+		return doubleValue(x)
+	case bool:
+		return boolValue(x)
+	case string:
+		return value{kind: vString, str: x}
+	case json.RawMessage:
+		return value{kind: vJSON, str: string(x)}
+	}
+	b, _ := json.Marshal(v)
+	return value{kind: vJSON, str: string(b)}
+}
+
+// any is the value as Point.Value holds it.
+func (v value) any() any {
+	switch v.kind {
+	case vLong:
+		return int64(v.num)
+	case vDouble:
+		return math.Float64frombits(v.num)
+	case vBool:
+		return v.num != 0
+	case vString:
+		return v.str
+	}
+	return json.RawMessage(v.str)
+}
+
+func (p stored) point() Point { return Point{TS: p.ts, Value: p.v.any()} }
