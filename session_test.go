@@ -373,3 +373,33 @@ func TestSlowCallbackBounded(t *testing.T) {
 	require.Eventually(t, func() bool { return called.Load() == int64(accepted) }, time.Minute, 5*time.Millisecond,
 		"every outcome delivered")
 }
+
+// TestRPCDuringOutageAnsweredAfterReconnect: ThingsBoard keeps an RPC to
+// a device whose session is closed and sends it once the device is
+// announced again (WIRE 10.6); the gateway's re-announcement on the new
+// connection brings it, and the handler's answer reaches the caller.
+func TestRPCDuringOutageAnsweredAfterReconnect(t *testing.T) {
+	srv := tbtest.NewServer(t)
+	g := dialTB(t, srv, tb.WithMaxReconnectDelay(200*time.Millisecond))
+	ctx := ctxT(t)
+	dev, err := g.Connect(ctx, "valve")
+	require.NoError(t, err)
+	dev.OnRPC(tb.RPCHandlerFunc(func(_ context.Context, r *tb.RPCRequest) (any, error) {
+		return map[string]string{"did": r.Method}, nil
+	}))
+	srv.Stop()
+	answer := make(chan json.RawMessage, 1)
+	errs := make(chan error, 1)
+	go func() {
+		r, err := srv.RPC(ctx, "valve", "close", nil)
+		errs <- err
+		answer <- r
+	}()
+	require.NoError(t, srv.WaitFor(ctx, func() bool {
+		d, ok := srv.Device("valve")
+		return ok && d.WaitingRPCs > 0
+	}), "the RPC waits for the device's session")
+	require.NoError(t, srv.Start())
+	require.NoError(t, <-errs)
+	assert.JSONEq(t, `{"did":"close"}`, string(<-answer))
+}

@@ -25,6 +25,7 @@
 //
 //	go run ./examples/bench                          # embedded mochi broker
 //	go run ./examples/bench -broker tcp://127.0.0.1:1883 -entries 4000
+//	go run ./examples/bench -tbtest                  # embedded tbtest (fake ThingsBoard), storage checked
 //
 // SDK runs give their values as Points, which an application refills in
 // place; -values gives them as a Values map instead.
@@ -101,6 +102,8 @@ var (
 
 type config struct {
 	Broker      string // "" starts an embedded broker
+	Tbtest      bool   // an embedded tbtest server per run instead
+	Token       string // access token for Broker ("" for none)
 	AllowRemote bool
 	Devices     int
 	Entries     int
@@ -150,6 +153,7 @@ func parseFlags(args []string, errOut io.Writer) (config, error) {
 	fs.IntVar(&c.BallastMB, "ballast", 0, "MiB of idle heap held through every run, standing in for an application's live data: the GC runs less often")
 	fs.BoolVar(&c.Values, "values", false, "SDK runs fill Values maps instead of Points")
 	fs.BoolVar(&c.JSONOnly, "json-only", false, "print only the JSON line")
+	fs.BoolVar(&c.Tbtest, "tbtest", false, "run against an embedded tbtest (fake ThingsBoard) server, fresh for each run, checking what it stored instead of subscribing")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of each run's timed part to FILE, suffixed with the run name")
 	fs.StringVar(&c.MemProfile, "memprofile", "", "write a heap profile to FILE after the device heap measurement")
 	fs.StringVar(&c.Trace, "trace", "", "write an execution trace of each run's timed part to FILE, suffixed with the run name")
@@ -196,6 +200,9 @@ func (c *config) validate() error {
 			return fmt.Errorf("unknown run %q (known: %s)", r, strings.Join(knownRuns, ","))
 		}
 	}
+	if c.Tbtest && c.Broker != "" {
+		return fmt.Errorf("-tbtest starts its own server: drop -broker")
+	}
 	if c.Broker != "" && !c.AllowRemote {
 		u, err := url.Parse(c.Broker)
 		if err != nil || u.Hostname() == "" {
@@ -240,7 +247,9 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		}
 	}
 	brokerName := cfg.Broker
-	if cfg.Broker == "" {
+	if cfg.Tbtest {
+		brokerName = "tbtest"
+	} else if cfg.Broker == "" {
 		b, err := startBroker()
 		if err != nil {
 			return fmt.Errorf("embedded broker: %w", err)
@@ -735,8 +744,12 @@ func setup(ctx context.Context, cfg config, ds *dataset, name string) (publisher
 	return nil, fmt.Errorf("unknown run %q", name)
 }
 
-// measure runs one publisher with a fresh subscriber verifying every point.
+// measure runs one publisher with a fresh subscriber verifying every point
+// (with -tbtest, against a fresh tbtest server whose storage is verified).
 func measure(ctx context.Context, cfg config, ds *dataset, name string) (*result, error) {
+	if cfg.Tbtest {
+		return measureTbtest(ctx, cfg, ds, name)
+	}
 	v := newVerifier(ds)
 	sub, err := subscribe(cfg.Broker, v)
 	if err != nil {
@@ -798,11 +811,11 @@ type sdkPublisher struct {
 }
 
 func newSDKPublisher(ctx context.Context, cfg config, ds *dataset, batch int, mode ...tbgateway.Option) (*sdkPublisher, error) {
-	g, err := tbgateway.Dial(ctx, cfg.Broker, append([]tbgateway.Option{
+	g, err := tbgateway.Dial(ctx, cfg.Broker, append(append([]tbgateway.Option{
 		tbgateway.WithClientID(clientID("bench-sdk-")),
 		tbgateway.WithQoS(byte(cfg.QoS)),
 		tbgateway.WithMaxInflight(cfg.Inflight)},
-		mode...)...)
+		cfg.tokenOption()...), mode...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -975,7 +988,7 @@ type rawPublisher struct {
 }
 
 func newRawPublisher(cfg config, payloads *payloadSet) (*rawPublisher, error) {
-	c, err := pahoConnect(cfg.Broker, "bench-raw-", nil)
+	c, err := pahoConnect(cfg.Broker, "bench-raw-", cfg.pahoToken)
 	if err != nil {
 		return nil, err
 	}
@@ -1430,10 +1443,13 @@ type deviceHeapResult struct {
 // still open. The application keeps neither the handles nor the names: what
 // remains is what the SDK tracks.
 func deviceHeap(ctx context.Context, cfg config) (deviceHeapResult, error) {
-	g, err := tbgateway.Dial(ctx, cfg.Broker,
+	if cfg.Tbtest && cfg.Token == "" {
+		return deviceHeapTbtest(ctx, cfg)
+	}
+	g, err := tbgateway.Dial(ctx, cfg.Broker, append([]tbgateway.Option{
 		tbgateway.WithClientID(clientID("bench-devices-")),
 		tbgateway.WithQoS(byte(cfg.QoS)),
-		tbgateway.WithMaxInflight(cfg.Inflight))
+		tbgateway.WithMaxInflight(cfg.Inflight)}, cfg.tokenOption()...)...)
 	if err != nil {
 		return deviceHeapResult{}, err
 	}
