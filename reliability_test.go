@@ -137,23 +137,8 @@ func TestDurableQueueSurvivesKill(t *testing.T) {
 	srv.DelayAcks(0)
 	q, err := durable.Open(db)
 	require.NoError(t, err)
-	g, err := tb.Dial(ctxT(t), srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithQueueStore(q))
-	require.NoError(t, err)
-	restored := g.Stats().Restored
-	require.NoError(t, g.Close(ctxT(t))) // Close flushes while connected
-	seen, dups := map[int64]bool{}, 0
-	for d := 0; d < 4; d++ {
-		for _, p := range srv.Series(fmt.Sprintf("dev-%d", d), "n") {
-			if seen[p.Value.(int64)] {
-				dups++
-			}
-			seen[p.Value.(int64)] = true
-		}
-	}
-	for n := 0; n < accepted; n++ {
-		require.True(t, seen[int64(n)], "point %d was accepted but never arrived", n)
-	}
-	t.Logf("accepted %d, arrived %d distinct, %d duplicates, %d records restored from disk", accepted, len(seen), dups, restored)
+	restored, distinct, dups := drainDurable(t, srv, q, accepted)
+	t.Logf("accepted %d, arrived %d distinct, %d duplicates, %d records restored from disk", accepted, distinct, dups, restored)
 	assert.Greater(t, restored, uint64(0))
 	assert.LessOrEqual(t, dups, tb.DefaultMaxInflight*10*4, "duplicates bounded by what can be in flight")
 }
@@ -252,11 +237,22 @@ func TestDurableQueueSurvivesRepeatedKills(t *testing.T) {
 	srv.DelayAcks(0)
 	q, err := durable.Open(db)
 	require.NoError(t, err)
+	restored, distinct, dups := drainDurable(t, srv, q, accepted)
+	t.Logf("10 kills, %d points accepted, %d distinct arrived, %d duplicates, %d records restored at the end", accepted, distinct, dups, restored)
+	assert.Greater(t, restored, uint64(0), "the last children left data on disk")
+}
+
+// drainDurable sends what the queue q holds with a gateway that stays
+// until it is all acknowledged, and checks that every point the children
+// accepted arrived. It returns the records restored, the distinct points
+// and the duplicates.
+func drainDurable(t *testing.T, srv *tbtest.Server, q *durable.Log, accepted int) (restored uint64, distinct, dups int) {
+	t.Helper()
 	g, err := tb.Dial(ctxT(t), srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithQueueStore(q))
 	require.NoError(t, err)
-	restored := g.Stats().Restored
-	require.NoError(t, g.Close(ctxT(t)))
-	seen, dups := map[int64]bool{}, 0
+	restored = g.Stats().Restored
+	require.NoError(t, g.Close(ctxT(t))) // Close flushes while connected
+	seen := map[int64]bool{}
 	for d := 0; d < 4; d++ {
 		for _, p := range srv.Series(fmt.Sprintf("dev-%d", d), "n") {
 			if seen[p.Value.(int64)] {
@@ -268,6 +264,5 @@ func TestDurableQueueSurvivesRepeatedKills(t *testing.T) {
 	for n := 0; n < accepted; n++ {
 		require.True(t, seen[int64(n)], "point %d was accepted but never arrived", n)
 	}
-	t.Logf("10 kills, %d points accepted, %d distinct arrived, %d duplicates, %d records restored at the end", accepted, len(seen), dups, restored)
-	assert.Greater(t, restored, uint64(0), "the last children left data on disk")
+	return restored, len(seen), dups
 }
