@@ -8,6 +8,7 @@ import (
 	"flag"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -330,4 +331,63 @@ func TestRunLimits(t *testing.T) {
 	assert.Contains(t, out, `payload="{\"A\":[{\"t\":1}]}"`)
 	assert.Contains(t, out, "Maximum number of devices reached!")
 	assert.Contains(t, out, "exceeds maxPayloadSize 300")
+}
+
+// TestMosquittoPubAgainstTheCommand publishes every documented uplink
+// example the way a person trying the API would: one mosquitto_pub per
+// message against the running command (CI installs mosquitto-clients).
+// Where mosquitto_pub is not installed, each message goes over a fresh
+// paho connection instead, the same shape of traffic. The documented
+// two-scope attribute request is refused and closes its connection.
+func TestMosquittoPubAgainstTheCommand(t *testing.T) {
+	srv, stop := start(t, "-addr", "127.0.0.1:0", "-token", "tok")
+	defer stop()
+	host, port, err := net.SplitHostPort(srv.Addr())
+	require.NoError(t, err)
+	publish := func(topic, payload string) {
+		t.Helper()
+		c := dial(t, srv.URL(), "tok")
+		defer c.c.Disconnect(0)
+		tok := c.c.Publish(topic, 1, false, payload)
+		select {
+		case <-tok.Done():
+		case <-c.lost:
+		case <-time.After(waitTimeout):
+			t.Fatalf("no answer to %s", topic)
+		}
+	}
+	if bin, err := exec.LookPath("mosquitto_pub"); err == nil {
+		t.Logf("publishing with %s", bin)
+		publish = func(topic, payload string) {
+			t.Helper()
+			out, err := exec.Command(bin, "-h", host, "-p", port, "-u", "tok", "-q", "1", "-t", topic, "-m", payload).CombinedOutput()
+			// A refused message ends mosquitto_pub with an error; what
+			// the server did is checked below, not its exit status.
+			if err != nil {
+				t.Logf("mosquitto_pub %s: %v %s", topic, err, out)
+			}
+		}
+	} else {
+		t.Log("mosquitto_pub not installed: publishing with paho, one connection per message")
+	}
+	for _, v := range vectors(t, "uplink.json") {
+		if strings.HasPrefix(v.Topic, "v1/gateway/rpc") || strings.Contains(v.Topic, "attributes/request") {
+			continue // answers to the server's requests, and requests: TestRunServesTheVectors
+		}
+		n := len(srv.Messages())
+		publish(v.Topic, v.Payload)
+		msgs := srv.Messages()
+		require.Greater(t, len(msgs), n, "vector %s reached the server", v.Name)
+		assert.Equal(t, v.Topic, msgs[len(msgs)-1].Topic)
+		assert.Empty(t, srv.Rejections(), "vector %s was accepted", v.Name)
+	}
+	for _, v := range vectors(t, "never-send.json") {
+		if v.Name != "attribute-request-doc-array-form" {
+			continue
+		}
+		publish(v.Topic, v.Payload)
+		rs := srv.Rejections()
+		require.Len(t, rs, 1, "the documented request form is refused")
+		assert.True(t, rs[0].Closed, "and closes the connection")
+	}
 }
