@@ -227,12 +227,10 @@ type entry struct {
 
 // scanResult is what reading one file gave.
 type scanResult struct {
-	entries  []entry
-	damaged  bool
-	offset   int64
-	reason   string
-	skipped  int // frames' worth of bytes skipped while resynchronising (lower bound of the loss)
-	wantNext uint64
+	entries []entry
+	damaged bool
+	offset  int64
+	reason  string
 }
 
 // scan reads every valid frame of a file, resynchronising after damage

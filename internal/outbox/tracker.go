@@ -99,8 +99,6 @@ func (t *Tracker) Count() int {
 	return len(t.byID) + len(t.byPayload)
 }
 
-func outboundKey(id uint16) string { return "o." + strconv.Itoa(int(id)) }
-
 func idOf(key string) (uint16, bool) {
 	if len(key) < 3 || key[:2] != "o." {
 		return 0, false
