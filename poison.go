@@ -20,8 +20,14 @@ type PoisonMessage struct {
 // the connection on reading it.
 const poisonWindow = 5 * time.Second
 
+// poisonSpacing: losses closer together than this count once. A server
+// that restarts again and again (or a flapping link) ends connections
+// faster than any poison loop, whose reconnects back off.
+const poisonSpacing = 250 * time.Millisecond
+
 // checkPoison runs on every connection loss with the oldest message the
-// connection never acknowledged. The server processes a connection's
+// connection never acknowledged; a connection that acknowledged data, or
+// a loss soon after the last one counted, clears or skips the count. The server processes a connection's
 // messages in order and closes it on the first one it rejects, so that
 // message is the suspect. When the same record heads the suspect of
 // several consecutive losses, each soon after it was sent, the message's
@@ -40,8 +46,13 @@ func (s *sender) checkPoison(m *outbox.Message) *outbox.Message {
 	}
 	head := m.Records[0]
 	switch {
-	case m.SentAt.IsZero() || time.Since(m.SentAt) > poisonWindow:
+	case m.SentAt.IsZero() || time.Since(m.SentAt) > poisonWindow || s.dataAcks.Load() > 0:
+		// Not sent just before the loss, or the server acknowledged
+		// data on this connection: the server was taking data, and the
+		// loss is the network's or the server's own.
 		s.suspect.Store(nil)
+		return nil
+	case time.Since(s.lastDrop) < poisonSpacing:
 		return nil
 	case s.suspect.Load() == head:
 		s.drops++
@@ -49,6 +60,7 @@ func (s *sender) checkPoison(m *outbox.Message) *outbox.Message {
 		s.suspect.Store(head)
 		s.drops = 1
 	}
+	s.lastDrop = time.Now()
 	if s.drops < threshold {
 		return nil
 	}

@@ -38,8 +38,10 @@ type sender struct {
 	mu  sync.Mutex // guards cur, and orders taking from the queue with detach
 	cur *conn
 
-	suspect atomic.Pointer[outbox.Record] // poison: head of the oldest message at the last loss
-	drops   int                           // consecutive losses with the same suspect (session goroutine)
+	suspect  atomic.Pointer[outbox.Record] // poison: head of the oldest message at the last loss
+	drops    int                           // consecutive losses with the same suspect (session goroutine)
+	lastDrop time.Time                     // when the last loss was counted (session goroutine)
+	dataAcks atomic.Int64                  // data messages acknowledged on the attached connection
 
 	poisonMu sync.Mutex
 	poisoned []PoisonMessage
@@ -92,6 +94,7 @@ func (s *sender) attach(l link) {
 	for name := range c.pending {
 		c.backlog = append(c.backlog, name)
 	}
+	s.dataAcks.Store(0)
 	s.mu.Lock()
 	s.cur = c
 	s.mu.Unlock()
@@ -628,6 +631,9 @@ func (s *sender) onAck(m *outbox.Message) {
 	g := s.g
 	g.stats.acked.Add(1)
 	g.stats.points.Add(uint64(m.Points))
+	if r := m.Records[0]; r.Kind != outbox.Raw || !r.Announce && r.Topic != topicGatewayConnect {
+		s.dataAcks.Add(1)
+	}
 	if p := s.suspect.Load(); p != nil && p == m.Records[0] {
 		s.suspect.CompareAndSwap(p, nil)
 	}
