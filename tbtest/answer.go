@@ -47,6 +47,9 @@ type plan struct {
 	discCode byte
 	after    []outbound // downlinks written after the PUBACK/SUBACK
 	opened   []*device  // sub-device sessions this packet opened
+	// provisioned: a provision request was answered; the connection is
+	// closed after the provision close delay.
+	provisioned bool
 	// What the packet stored, for the event log.
 	points, attributes, claims int
 }
@@ -106,6 +109,9 @@ func (p *plan) ackError(c *conn, qos byte) error {
 func (s *Server) finish(c *conn, p *plan) {
 	s.send(p.after)
 	if !p.close {
+		if p.provisioned {
+			s.scheduleProvisionClose(c)
+		}
 		return
 	}
 	if p.disc && c.v5 {

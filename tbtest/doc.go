@@ -37,5 +37,14 @@
 // Not emulated: the protobuf payload variant, Gson's lenient JSON
 // (comments, NaN, unquoted strings count as unparseable), the 10-minute
 // session inactivity timeout, gateway latency metrics ("metadata" is
-// validated, then dropped), provisioning and firmware downloads.
+// validated, then dropped), MQTT_BASIC and X.509 authentication of
+// provisioned devices, OTA packages for sub-devices.
+//
+// Provisioning (WIRE §10.7) is enabled by WithProvisioning: a CONNECT with
+// user name or client id "provision" opens a provision-only session, and
+// Provisioned lists what was provisioned; a device provisioned as a
+// gateway with an access token can then connect as one. Firmware and
+// software for the gateway itself (WIRE §10.8) are assigned with
+// AssignFirmware and AssignSoftware, which set the fw_*/sw_* shared
+// attributes and serve the package on v2/fw/request/{id}/chunk/{n}.
 package tbtest

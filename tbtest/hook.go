@@ -47,7 +47,8 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	s.mu.Lock()
 	refuse := now.Before(s.refuseUntil)
 	g := s.gateways[user]
-	limited := g != nil && !refuse && !g.own.message(now)
+	prov := isProvisionConnect(user, pk.Connect.ClientIdentifier)
+	limited := g != nil && !refuse && !prov && !g.own.message(now)
 	s.mu.Unlock()
 
 	v5 := cl.Properties.ProtocolVersion == 5
@@ -57,6 +58,10 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	switch {
 	case refuse:
 		code, disc, reason = pick(v5, codeServerUnavailable, 3), codeServerBusy, "connections refused (RefuseConnections)"
+	case prov:
+		// A provision session is accepted at once (WIRE §10.7).
+		cl.State.Keepalive = 0
+		return nil
 	case limited:
 		code, disc, reason = pick(v5, codeConnectionRateExceeded, 3), codeMessageRateTooHigh, "rate limit (gateway device messages): session open"
 	case g != nil:
@@ -145,6 +150,11 @@ func (h *hook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	s := h.s
 	s.mu.Lock()
+	if isProvisionConnect(string(cl.Properties.Username), cl.ID) {
+		s.provisionSessionLocked(cl)
+		s.mu.Unlock()
+		return
+	}
 	g := s.gateways[string(cl.Properties.Username)]
 	if g == nil {
 		s.mu.Unlock()
@@ -264,6 +274,15 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			filters[i].Filter = "#/" + f.Filter
 			continue
 		}
+		if c.prov {
+			if f.Filter != topicProvisionResponse {
+				s.rejectLocked(c, f.Filter, nil, "provision session: subscription filter not accepted", false)
+				filters[i].Filter = "#/" + f.Filter
+				continue
+			}
+			c.subs[f.Filter] = min(f.Qos, 1)
+			continue
+		}
 		if !acceptedFilters[f.Filter] {
 			s.rejectLocked(c, f.Filter, nil, "subscription filter not accepted", false)
 			filters[i].Filter = "#/" + f.Filter
@@ -326,7 +345,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		s.mu.Lock()
 		c := s.conns[cl]
 		s.mu.Unlock()
-		if c != nil && !c.dead {
+		if c != nil && !c.dead && !c.prov {
 			act = s.runControls(c, pk.TopicName, pk.Payload, pk.FixedHeader.Qos)
 			if act.kind == actDelay {
 				s.pause(c, act.delay)
@@ -371,8 +390,12 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	case actReason:
 		p.fail(act.code)
 	default:
-		s.dispatchLocked(c, pk, p, now)
-		s.flushOpenedLocked(c, p)
+		if c.prov {
+			s.onProvisionPublish(&up{c: c, pk: pk, p: p, now: now})
+		} else {
+			s.dispatchLocked(c, pk, p, now)
+			s.flushOpenedLocked(c, p)
+		}
 		if act.kind == actNoAck {
 			p.refuse()
 		}

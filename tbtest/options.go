@@ -2,6 +2,7 @@ package tbtest
 
 import (
 	"log/slog"
+	"time"
 )
 
 // DefaultToken is the access token of the gateway that NewServer registers
@@ -50,8 +51,9 @@ type SessionLimits struct {
 }
 
 type gatewaySpec struct {
-	name  string
-	token string
+	name    string
+	token   string
+	profile string // "" means "default"
 }
 
 type config struct {
@@ -65,6 +67,8 @@ type config struct {
 	ackOnValidation bool
 	maxDevices      int
 	logger          *slog.Logger
+	provision       []ProvisionProfile
+	provisionClose  time.Duration
 }
 
 // WithGateway registers a gateway device (a ThingsBoard device with

@@ -232,6 +232,8 @@ type gateway struct {
 	// queue holds server RPCs to the gateway itself that wait for a
 	// connection subscribed to v1/devices/me/rpc/request/+.
 	queue []*rpcCall
+	// ota holds the assigned firmware and software packages (nil: none).
+	ota [2]*otaPackage
 }
 
 // conn is one authenticated MQTT connection of a gateway.
@@ -252,6 +254,11 @@ type conn struct {
 	gone      chan struct{} // closed when dead is set
 	post      *plan         // work to do after the current packet was answered
 	fast      *fastParser   // reused for this connection's telemetry
+	// prov marks a provision-only session (gw is nil, WIRE §10.7).
+	prov bool
+	// OTA downloads: chunk size and package by "fw/"+requestId.
+	otaSize map[string]int
+	otaPkg  map[string]*otaPackage
 }
 
 // alive reports a connection that is registered and whose socket is open

@@ -56,6 +56,9 @@ type Server struct {
 	changed     chan struct{}
 
 	ctl controls // Control functions
+
+	provProfiles map[string]*provisionProfile // by provisionDeviceKey
+	provisioned  []ProvisionedDevice
 }
 
 // NewServer starts a fake ThingsBoard server on a random loopback port
@@ -95,6 +98,10 @@ func newServer(opts ...Option) (*Server, error) {
 	if len(cfg.gateways) == 0 {
 		WithGateway(DefaultToken)(&cfg)
 	}
+	profiles, err := cfg.setupProvisioning()
+	if err != nil {
+		return nil, err
+	}
 	if err := validateLimits(cfg.gwDeviceLimits); err != nil {
 		return nil, err
 	}
@@ -111,6 +118,8 @@ func newServer(opts ...Option) (*Server, error) {
 		pendingRPC: map[rpcKey]chan json.RawMessage{},
 		pendingOwn: map[rpcKey]chan json.RawMessage{},
 		changed:    make(chan struct{}),
+
+		provProfiles: profiles,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -139,13 +148,20 @@ func newServer(opts ...Option) (*Server, error) {
 		if _, dup := s.devices[g.name]; dup {
 			return nil, fmt.Errorf("tbtest: two gateways named %q", g.name)
 		}
-		d := newDevice(g.name, "default", now)
-		d.isGateway = true
-		d.ownToken = g.token
-		own, _ := newBucket(cfg.gwDeviceLimits, now)
-		subs, _ := newBucket(cfg.gwLimits, now)
+		profile := g.profile
+		if profile == "" {
+			profile = "default"
+		}
+		d := newDevice(g.name, profile, now)
 		s.devices[g.name] = d
-		s.gateways[g.token] = &gateway{token: g.token, dev: d, own: own, subs: subs}
+		s.registerGatewayLocked(d, g.token, now)
+	}
+	for _, p := range profiles {
+		for name := range p.pre {
+			if _, ok := s.devices[name]; !ok {
+				s.devices[name] = newDevice(name, p.Name, now)
+			}
+		}
 	}
 	return s, nil
 }

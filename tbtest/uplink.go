@@ -130,6 +130,12 @@ func (s *Server) dispatchLocked(c *conn, pk packets.Packet, p *plan, now time.Ti
 		s.onSelfRPCResponse(u)
 	case topic == topicSelfClaim:
 		s.onSelfClaim(u)
+	case strings.HasPrefix(topic, "v2/fw/request/"), strings.HasPrefix(topic, "v2/sw/request/"):
+		if kind, req, chunk, ok := otaRequest(topic); ok {
+			s.onOTARequest(u, kind, req, chunk)
+		} else {
+			s.topicInvalidLocked(u, "unsupported topic")
+		}
 	default:
 		s.topicInvalidLocked(u, "unsupported topic")
 	}
@@ -246,7 +252,7 @@ func (s *Server) dropConnLocked(c *conn) {
 	for _, n := range names {
 		s.closeSessionLocked(c, n, true)
 	}
-	if c.gw.conn == c {
+	if c.gw != nil && c.gw.conn == c {
 		c.gw.conn = nil
 		c.gw.own.message(time.Now())
 	}
