@@ -11,7 +11,8 @@
 //	mosquitto_pub -h 127.0.0.1 -p 1883 -u my-token -q 1 \
 //	    -t v1/gateway/telemetry -m '{"Device A":[{"ts":1700000000000,"values":{"temperature":23.5}}]}'
 //
-// Flags set the gateway tokens, ThingsBoard's limits (maxPayloadSize, the
+// Flags set the gateway tokens, a provisioning profile (-provision-key,
+// -provision-secret), ThingsBoard's limits (maxPayloadSize, the
 // tenant profile's rate limits and maxDevices) and the log detail; -h
 // lists them.
 package main
@@ -54,6 +55,7 @@ type options struct {
 	ackOnValidation bool
 	own, gateway    tbtest.RateLimits
 	verbose, quiet  bool
+	provision       tbtest.ProvisionProfile // enabled by a key
 }
 
 func parseFlags(args []string, out io.Writer) (options, error) {
@@ -71,6 +73,8 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.StringVar(&o.own.Messages, "own-limit-messages", "", "transportGatewayDeviceMsgRateLimit: the gateway's own session (v1/devices/me/*)")
 	fs.StringVar(&o.own.TelemetryMessages, "own-limit-telemetry", "", "transportGatewayDeviceTelemetryMsgRateLimit")
 	fs.StringVar(&o.own.TelemetryDataPoints, "own-limit-points", "", "transportGatewayDeviceTelemetryDataPointsRateLimit")
+	fs.StringVar(&o.provision.Key, "provision-key", "", "provisionDeviceKey of a device profile that provisions new devices (MQTT user name \"provision\", ALLOW_CREATE_NEW_DEVICES); empty: none")
+	fs.StringVar(&o.provision.Secret, "provision-secret", "", "its provisionDeviceSecret")
 	fs.BoolVar(&o.verbose, "v", false, "also print publish payloads")
 	fs.BoolVar(&o.quiet, "q", false, "print only the banner and the summary")
 	if err := fs.Parse(args); err != nil {
@@ -86,6 +90,9 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	}
 	if len(o.tokens) == 0 {
 		return o, errors.New("-token: at least one access token")
+	}
+	if (o.provision.Key == "") != (o.provision.Secret == "") {
+		return o, errors.New("-provision-key and -provision-secret go together")
 	}
 	return o, nil
 }
@@ -117,6 +124,9 @@ func run(ctx context.Context, args []string, out io.Writer, started chan<- *tbte
 	}
 	if o.ackOnValidation {
 		opts = append(opts, tbtest.WithSendAckOnValidationError())
+	}
+	if o.provision.Key != "" {
+		opts = append(opts, tbtest.WithProvisioning(o.provision))
 	}
 	srv, err := newServer(opts)
 	if err != nil {

@@ -391,3 +391,42 @@ func TestMosquittoPubAgainstTheCommand(t *testing.T) {
 		assert.True(t, rs[0].Closed, "and closes the connection")
 	}
 }
+
+// With a provisioning profile, a device provisions itself over the
+// "provision" session, and a gateway provisioned so connects with the
+// token it was given.
+func TestRunProvisioning(t *testing.T) {
+	var out bytes.Buffer
+	require.ErrorContains(t, run(context.Background(), []string{"-addr", "127.0.0.1:0", "-provision-key", "k"}, &out, nil), "go together")
+
+	srv, _ := start(t, "-addr", "127.0.0.1:0", "-provision-key", "k", "-provision-secret", "s")
+	o := paho.NewClientOptions().AddBroker(srv.URL()).SetUsername("provision").SetClientID("prov").SetAutoReconnect(false)
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	require.True(t, tok.WaitTimeout(waitTimeout))
+	require.NoError(t, tok.Error())
+	defer c.Disconnect(0)
+	reply := make(chan []byte, 1)
+	sub := c.Subscribe("/provision/response", 1, func(_ paho.Client, m paho.Message) { reply <- m.Payload() })
+	require.True(t, sub.WaitTimeout(waitTimeout))
+	require.NoError(t, sub.Error())
+	pub := c.Publish("/provision/request", 1, false,
+		`{"deviceName":"New Gateway","provisionDeviceKey":"k","provisionDeviceSecret":"s","credentialsType":"ACCESS_TOKEN","token":"new-token","gateway":true}`)
+	require.True(t, pub.WaitTimeout(waitTimeout))
+	var r struct {
+		Status, CredentialsType, CredentialsValue string
+	}
+	select {
+	case b := <-reply:
+		require.NoError(t, json.Unmarshal(b, &r))
+	case <-time.After(waitTimeout):
+		t.Fatal("no provision reply")
+	}
+	assert.Equal(t, "SUCCESS", r.Status)
+	assert.Equal(t, "ACCESS_TOKEN", r.CredentialsType)
+	assert.Equal(t, "new-token", r.CredentialsValue)
+
+	gw := dial(t, srv.URL(), "new-token")
+	gw.pub("v1/gateway/telemetry", `{"Behind":[{"ts":1,"values":{"t":1}}]}`)
+	assert.Equal(t, 1, srv.TelemetryCount("Behind"), "the provisioned gateway works")
+}
