@@ -762,32 +762,58 @@ func measure(ctx context.Context, cfg config, ds *dataset, name string) (*result
 	}
 	defer p.close()
 
-	stopProfile, err := startProfiles(cfg, name)
+	t, err := timed(ctx, cfg, p, name, func() uint64 { return v.retained() + uint64(len(ballast)) })
 	if err != nil {
 		return nil, err
+	}
+	lag := v.wait(ctx, cfg.Quiet).Sub(t.ackedAt)
+	st := v.stats()
+	r := t.result(name, ds, st, st.malformed)
+	r.SubLag = lag
+	return r, nil
+}
+
+// timing is what the timed part of a run measured.
+type timing struct {
+	o                  outcome
+	ackedAt            time.Time
+	base, peak         uint64
+	allocs, allocBytes uint64
+}
+
+// timed fires p inside what every run shares: the profiles, a GC before,
+// the heap sampler (retained is the heap that is not the publisher's) and
+// the allocation counts.
+func timed(ctx context.Context, cfg config, p publisher, name string, retained func() uint64) (timing, error) {
+	stopProfile, err := startProfiles(cfg, name)
+	if err != nil {
+		return timing{}, err
 	}
 	runtime.GC()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	heap := startHeapSampler(func() uint64 { return v.retained() + uint64(len(ballast)) })
+	heap := startHeapSampler(retained)
 	rctx, cancel := context.WithTimeout(ctx, cfg.Duration)
-	o := p.fire(rctx)
-	ackedAt := time.Now()
+	t := timing{o: p.fire(rctx)}
+	t.ackedAt = time.Now()
 	cancel()
 	stopProfile()
-	base, peak := heap.stop()
+	t.base, t.peak = heap.stop()
 	runtime.ReadMemStats(&m1)
-	lag := v.wait(ctx, cfg.Quiet).Sub(ackedAt)
+	t.allocs, t.allocBytes = m1.Mallocs-m0.Mallocs, m1.TotalAlloc-m0.TotalAlloc
+	return t, nil
+}
 
-	st := v.stats()
+// result is the run's figures from its timing and what was verified;
+// verifyErrors are the verifier's errors to add to the publisher's.
+func (t timing) result(name string, ds *dataset, st verifyStats, verifyErrors int64) *result {
 	r := &result{
-		Name: name, Points: st.unique, Entries: int64(len(ds.devices) * ds.entries), Messages: o.messages, Bytes: st.bytes, Wall: o.wall,
-		PeakHeap: peak, BaseHeap: base, Lost: ds.points() - st.unique, Dups: st.dups,
-		Errors: o.errors + st.malformed, SubLag: lag,
-		Allocs: m1.Mallocs - m0.Mallocs, AllocBytes: m1.TotalAlloc - m0.TotalAlloc,
+		Name: name, Points: st.unique, Entries: int64(len(ds.devices) * ds.entries), Messages: t.o.messages, Bytes: st.bytes, Wall: t.o.wall,
+		PeakHeap: t.peak, BaseHeap: t.base, Lost: ds.points() - st.unique, Dups: st.dups,
+		Errors: t.o.errors + verifyErrors, Allocs: t.allocs, AllocBytes: t.allocBytes,
 	}
-	r.P50, r.P99 = percentile(o.lat, 0.50), percentile(o.lat, 0.99)
-	return r, nil
+	r.P50, r.P99 = percentile(t.o.lat, 0.50), percentile(t.o.lat, 0.99)
+	return r
 }
 
 func percentile(lat []time.Duration, p float64) time.Duration {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"runtime"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
@@ -52,30 +51,12 @@ func measureTbtest(ctx context.Context, cfg config, ds *dataset, name string) (*
 	}
 	defer p.close()
 
-	stopProfile, err := startProfiles(cfg, name)
+	t, err := timed(ctx, cfg, p, name, func() uint64 { return uint64(len(ballast)) })
 	if err != nil {
 		return nil, err
 	}
-	runtime.GC()
-	var m0, m1 runtime.MemStats
-	runtime.ReadMemStats(&m0)
-	heap := startHeapSampler(func() uint64 { return uint64(len(ballast)) })
-	rctx, cancel := context.WithTimeout(ctx, cfg.Duration)
-	o := p.fire(rctx)
-	cancel()
-	stopProfile()
-	base, peak := heap.stop()
-	runtime.ReadMemStats(&m1)
-
 	st := verifyStored(srv, ds)
-	r := &result{
-		Name: name, Points: st.unique, Entries: int64(len(ds.devices) * ds.entries), Messages: o.messages, Bytes: st.bytes, Wall: o.wall,
-		PeakHeap: peak, BaseHeap: base, Lost: ds.points() - st.unique, Dups: st.dups,
-		Errors: o.errors + st.malformed + st.bad, SubLag: 0,
-		Allocs: m1.Mallocs - m0.Mallocs, AllocBytes: m1.TotalAlloc - m0.TotalAlloc,
-	}
-	r.P50, r.P99 = percentile(o.lat, 0.50), percentile(o.lat, 0.99)
-	return r, nil
+	return t.result(name, ds, st, st.malformed+st.bad), nil
 }
 
 // verifyStored checks what srv stored against the dataset: every point of
