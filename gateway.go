@@ -148,8 +148,8 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 	g.lanes = lanes{
 		updates:   dispatch.NewLane(1, o.handlerQueue, o.handlerBytes, onPanic),
 		rpcs:      dispatch.NewLane(o.rpcWorkers, o.handlerQueue, o.handlerBytes, onPanic),
-		callbacks: dispatch.NewSerial(onPanic, 0, g.out.wake),
-		events:    dispatch.NewSerial(onPanic, 0, nil),
+		callbacks: dispatch.NewSerial(onPanic, g.out.wake), // a sender held back by slow callbacks looks again,
+		events:    dispatch.NewSerial(onPanic, nil),
 	}
 	if o.store != nil {
 		g.out.durable = &store{o.store}

@@ -10,27 +10,25 @@ import (
 // of its own. Submit never blocks and never refuses a job while open: the
 // queue has no bound of its own, so whoever submits must bound it, by
 // waiting while Len is high (the gateway's sender does, for the
-// callbacks of acknowledged data). Drained, if set, is called after a
-// job whenever at most Low jobs are left, so that a producer that stopped
-// for a long queue knows when to go on.
+// callbacks of acknowledged data). afterJob, if set, is called after every
+// job, so that a producer that stopped for a long queue can look again.
 type Serial struct {
-	mu      sync.Mutex
-	jobs    []func()
-	head    int
-	closed  bool
-	wake    chan struct{}
-	done    chan struct{}
-	onPanic func(v any, stack []byte)
-	low     int
-	drained func()
-	ran     chan struct{} // closed after the next job, while WaitBelow waits
+	mu       sync.Mutex
+	jobs     []func()
+	head     int
+	closed   bool
+	wake     chan struct{}
+	done     chan struct{}
+	onPanic  func(v any, stack []byte)
+	afterJob func()
+	ran      chan struct{} // closed after the next job, while WaitBelow waits
 }
 
 // NewSerial starts a serial lane. onPanic, if not nil, is told about every
-// recovered panic; drained, if not nil, is called (on the lane's
-// goroutine) after a job that left at most low jobs queued.
-func NewSerial(onPanic func(v any, stack []byte), low int, drained func()) *Serial {
-	s := &Serial{wake: make(chan struct{}, 1), done: make(chan struct{}), onPanic: onPanic, low: low, drained: drained}
+// recovered panic; afterJob, if not nil, is called on the lane's goroutine
+// after every job (it must not block).
+func NewSerial(onPanic func(v any, stack []byte), afterJob func()) *Serial {
+	s := &Serial{wake: make(chan struct{}, 1), done: make(chan struct{}), onPanic: onPanic, afterJob: afterJob}
 	go s.work()
 	return s
 }
@@ -59,12 +57,12 @@ func (s *Serial) Len() int {
 	return len(s.jobs) - s.head
 }
 
-func (s *Serial) next() (job func(), left int, ok bool) {
+func (s *Serial) next() (job func(), ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for s.head == len(s.jobs) {
 		if s.closed {
-			return nil, 0, false
+			return nil, false
 		}
 		// Give back what a burst grew.
 		s.jobs, s.head = s.jobs[:0], 0
@@ -78,13 +76,13 @@ func (s *Serial) next() (job func(), left int, ok bool) {
 	job = s.jobs[s.head]
 	s.jobs[s.head] = nil
 	s.head++
-	return job, len(s.jobs) - s.head, true
+	return job, true
 }
 
 func (s *Serial) work() {
 	defer close(s.done)
 	for {
-		job, left, ok := s.next()
+		job, ok := s.next()
 		if !ok {
 			return
 		}
@@ -95,8 +93,8 @@ func (s *Serial) work() {
 			s.ran = nil
 		}
 		s.mu.Unlock()
-		if s.drained != nil && left <= s.low {
-			s.drained()
+		if s.afterJob != nil {
+			s.afterJob()
 		}
 	}
 }
