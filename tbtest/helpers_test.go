@@ -29,12 +29,69 @@ var clientSeq atomic.Int64
 
 // gw is a raw paho client acting as a gateway.
 type gw struct {
-	t       *testing.T
-	c       paho.Client
+	t    *testing.T
+	c    paho.Client
+	in   inbox[paho.Message]
+	lost chan error
+}
+
+// inbox keeps the messages a test client received until the test takes
+// them; both clients' messages go through one.
+type inbox[M any] struct {
 	mu      sync.Mutex
-	msgs    []paho.Message
+	msgs    []M
 	arrived chan struct{} // closed and replaced when a message arrives
-	lost    chan error
+	topic   func(M) string
+}
+
+func newInbox[M any](topic func(M) string) inbox[M] {
+	return inbox[M]{arrived: make(chan struct{}), topic: topic}
+}
+
+func (b *inbox[M]) put(m M) {
+	b.mu.Lock()
+	b.msgs = append(b.msgs, m)
+	close(b.arrived)
+	b.arrived = make(chan struct{})
+	b.mu.Unlock()
+}
+
+// next waits for and removes the first message on topic.
+func (b *inbox[M]) next(t *testing.T, topic string) M {
+	t.Helper()
+	timeout := time.After(waitTimeout)
+	for {
+		b.mu.Lock()
+		for i, m := range b.msgs {
+			if b.topic(m) == topic {
+				b.msgs = append(b.msgs[:i], b.msgs[i+1:]...)
+				b.mu.Unlock()
+				return m
+			}
+		}
+		arrived := b.arrived
+		b.mu.Unlock()
+		select {
+		case <-arrived:
+		case <-timeout:
+			t.Fatalf("no message on %s", topic)
+			var zero M
+			return zero
+		}
+	}
+}
+
+// count returns the number of messages on topic so far.
+func (b *inbox[M]) count(topic string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, m := range b.msgs {
+		if b.topic(m) == topic {
+			n++
+		}
+	}
+	return n
 }
 
 // dial connects a paho client with token as username; it fails the test on
@@ -48,7 +105,7 @@ func dial(t *testing.T, s *tbtest.Server, token string, opts ...func(*paho.Clien
 
 func tryDial(t *testing.T, s *tbtest.Server, token string, opts ...func(*paho.ClientOptions)) (*gw, error) {
 	t.Helper()
-	g := &gw{t: t, lost: make(chan error, 1), arrived: make(chan struct{})}
+	g := &gw{t: t, lost: make(chan error, 1), in: newInbox(paho.Message.Topic)}
 	o := paho.NewClientOptions().
 		AddBroker(s.URL()).
 		SetClientID(fmt.Sprintf("gw-%d", clientSeq.Add(1))).
@@ -59,13 +116,7 @@ func tryDial(t *testing.T, s *tbtest.Server, token string, opts ...func(*paho.Cl
 		SetWriteTimeout(2 * time.Second).
 		SetKeepAlive(30 * time.Second).
 		SetOrderMatters(false).
-		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
-			g.mu.Lock()
-			g.msgs = append(g.msgs, m)
-			close(g.arrived)
-			g.arrived = make(chan struct{})
-			g.mu.Unlock()
-		}).
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { g.in.put(m) }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			select {
 			case g.lost <- err:
@@ -116,39 +167,11 @@ func (g *gw) sub(filter string, qos byte) byte {
 // next waits for and removes the first received message on topic.
 func (g *gw) next(topic string) paho.Message {
 	g.t.Helper()
-	timeout := time.After(waitTimeout)
-	for {
-		g.mu.Lock()
-		for i, m := range g.msgs {
-			if m.Topic() == topic {
-				g.msgs = append(g.msgs[:i], g.msgs[i+1:]...)
-				g.mu.Unlock()
-				return m
-			}
-		}
-		arrived := g.arrived
-		g.mu.Unlock()
-		select {
-		case <-arrived:
-		case <-timeout:
-			g.t.Fatalf("no message on %s", topic)
-			return nil
-		}
-	}
+	return g.in.next(g.t, topic)
 }
 
 // received returns the number of messages received on topic so far.
-func (g *gw) received(topic string) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	n := 0
-	for _, m := range g.msgs {
-		if m.Topic() == topic {
-			n++
-		}
-	}
-	return n
-}
+func (g *gw) received(topic string) int { return g.in.count(topic) }
 
 // waitLost waits until the server closed the connection.
 func (g *gw) waitLost() {
@@ -356,9 +379,7 @@ type gw5 struct {
 	t       *testing.T
 	c       *paho5.Client
 	connack *paho5.Connack
-	mu      sync.Mutex
-	msgs    []*paho5.Publish
-	arrived chan struct{}
+	in      inbox[*paho5.Publish]
 	disc    chan byte  // reason code of a server DISCONNECT
 	gone    chan error // the connection ended without DISCONNECT
 }
@@ -376,16 +397,12 @@ func tryDial5(t *testing.T, s *tbtest.Server, cp *paho5.Connect) (*gw5, error) {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", s.Addr(), waitTimeout)
 	require.NoError(t, err)
-	g := &gw5{t: t, arrived: make(chan struct{}), disc: make(chan byte, 1), gone: make(chan error, 1)}
+	g := &gw5{t: t, in: newInbox(func(p *paho5.Publish) string { return p.Topic }), disc: make(chan byte, 1), gone: make(chan error, 1)}
 	g.c = paho5.NewClient(paho5.ClientConfig{
 		Conn:          conn,
 		PacketTimeout: waitTimeout,
 		OnPublishReceived: []func(paho5.PublishReceived) (bool, error){func(r paho5.PublishReceived) (bool, error) {
-			g.mu.Lock()
-			g.msgs = append(g.msgs, r.Packet)
-			close(g.arrived)
-			g.arrived = make(chan struct{})
-			g.mu.Unlock()
+			g.in.put(r.Packet)
 			return true, nil
 		}},
 		OnServerDisconnect: func(d *paho5.Disconnect) {
@@ -444,25 +461,7 @@ func (g *gw5) ok(topic, payload string) {
 // next waits for and removes the first received message on topic.
 func (g *gw5) next(topic string) *paho5.Publish {
 	g.t.Helper()
-	timeout := time.After(waitTimeout)
-	for {
-		g.mu.Lock()
-		for i, m := range g.msgs {
-			if m.Topic == topic {
-				g.msgs = append(g.msgs[:i], g.msgs[i+1:]...)
-				g.mu.Unlock()
-				return m
-			}
-		}
-		arrived := g.arrived
-		g.mu.Unlock()
-		select {
-		case <-arrived:
-		case <-timeout:
-			g.t.Fatalf("no message on %s", topic)
-			return nil
-		}
-	}
+	return g.in.next(g.t, topic)
 }
 
 // waitDisconnect waits for the server's DISCONNECT and returns its code.
