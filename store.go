@@ -82,6 +82,7 @@ func (st store) append(recs []*outbox.Record) error {
 		sc.data = append(sc.data, buf[start:len(buf):len(buf)])
 		sc.ids = append(sc.ids, 0)
 	}
+	sc.buf = buf[:0]
 	err := st.s.Append(sc.data, sc.ids)
 	if err == nil {
 		for i, r := range recs {
@@ -96,9 +97,12 @@ func (st store) append(recs []*outbox.Record) error {
 }
 
 // remove forgets the stored ones of recs.
+// It runs on the network goroutine for every acknowledged message, so its
+// id list comes from the same pool as append's.
 func (st store) remove(recs []*outbox.Record) {
-	var small [16]uint64
-	ids := small[:0]
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	ids := sc.ids[:0]
 	for _, r := range recs {
 		if r.Seq != 0 {
 			ids = append(ids, r.Seq)
@@ -107,6 +111,7 @@ func (st store) remove(recs []*outbox.Record) {
 	if len(ids) > 0 {
 		st.s.Remove(ids)
 	}
+	sc.ids = ids[:0]
 }
 
 func (st store) setAside(recs []*outbox.Record) {
