@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/thingsgate/tbgateway/durable"
 	"github.com/thingsgate/tbgateway/internal/outbox"
 	"github.com/thingsgate/tbgateway/internal/testbroker"
 )
@@ -184,11 +185,23 @@ func BenchmarkPack(b *testing.B) {
 // BenchmarkPublishTelemetryAsync streams one 5-key entry per call from
 // parallel goroutines, one device each, through the public API to the
 // embedded broker, and waits for every acknowledgement: the per-call cost of
-// the whole outbound path.
+// the whole outbound path, with the queue in memory and in a durable log
+// (package durable, at its default sync level) on the real file system.
 func BenchmarkPublishTelemetryAsync(b *testing.B) {
+	b.Run("memory", func(b *testing.B) { benchPublishAsync(b) })
+	b.Run("durable", func(b *testing.B) {
+		q, err := durable.Open(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchPublishAsync(b, WithQueueStore(q))
+	})
+}
+
+func benchPublishAsync(b *testing.B, opts ...Option) {
 	br := testbroker.Start(b)
 	ctx := context.Background()
-	g, err := Dial(ctx, br.URL, WithClientID("bench-async"))
+	g, err := Dial(ctx, br.URL, append([]Option{WithClientID("bench-async")}, opts...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -205,6 +218,7 @@ func BenchmarkPublishTelemetryAsync(b *testing.B) {
 		wg.Done()
 	}
 	b.ReportAllocs()
+	b.SetParallelism(50) // 100 publishers on two cores, as examples/bench runs
 	b.RunParallel(func(pb *testing.PB) {
 		name := fmt.Sprintf("Device %d", ids.Add(1))
 		v := make(Values, 5)

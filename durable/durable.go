@@ -25,21 +25,41 @@
 // restart may send a few acknowledged records again (at least once).
 // Records set aside as poison go to aside.log, in the same frames.
 //
+// # Writing
+//
+// Under SyncOS on Linux the newest segment is reserved at its full size
+// (fallocate) and written through a shared memory mapping: a frame copied
+// into it is in the operating system's page cache at once, so an Append
+// takes a lock and a copy, with no system call and no wait. Its length
+// word is written last, and the zeros of the reserved space read as the
+// end of the log, so a process killed in the middle of a copy leaves no
+// damage. A full disk shows when a segment is reserved, as an error; the
+// log then writes with write(2). A segment is cut to what it holds when
+// the next one starts and at Close. Elsewhere, and under SyncDisk,
+// concurrent Appends share one write(2) (group commit).
+//
 // # Durability
 //
-// With SyncOS (the default) Append returns once the frames are written to
-// the operating system: a crash of the process loses nothing, a power
-// cut may lose what the OS had not written yet. With SyncDisk Append also
+// With SyncOS (the default) Append returns once the frames are the
+// operating system's: a crash of the process loses nothing, a power cut
+// may lose what the OS had not written yet. With SyncDisk Append also
 // waits for fdatasync, shared by every Append waiting at that moment
 // (group commit): nothing accepted is lost to a power cut either, at the
 // cost of a disk flush per group. SyncOS is the default because a field
 // gateway far more often restarts its process than loses power without a
 // UPS, and SyncDisk bounds a single publisher to the disk's flush rate.
 //
+// Measured through tbgateway (examples/bench, 100 devices, one async call
+// per 5-point entry, QoS 1, Mosquitto on loopback, ratios within each
+// round): SyncOS streams at 0.63–0.70× the in-memory queue, SyncDisk at
+// 0.04–0.06× (it is bound by the disk's flushes: about 5,000 a second on
+// the machine measured). BenchmarkAppendParallel: about 0.6 µs an Append
+// under SyncOS, 14 µs under SyncDisk, with 100 appenders on two cores.
+//
 // # Damage
 //
-// Open never crashes on a damaged folder: files are read, not mapped, and
-// every frame is checked. A frame that fails its checksum or runs past
+// Open never crashes on a damaged folder: files are read, never mapped
+// for reading, and every frame is checked. A frame that fails its checksum or runs past
 // the end of its file makes Open return a *DamageError (errors.Is
 // ErrDamaged) with what could and could not be read; WithRecover instead
 // salvages every readable frame, moves the damaged files into a
@@ -55,6 +75,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -201,6 +222,23 @@ func appendFrame(dst []byte, id uint64, at int64, data []byte) []byte {
 	return dst
 }
 
+// frameLen is the length of data's frame.
+func frameLen(data []byte) int64 { return frameHead + 8 + int64(len(data)) }
+
+// putFrame writes data's frame at the start of dst, which has room for
+// it, and returns its length. The length word goes last: a process
+// killed while copying leaves a zero length, which reads as the end of
+// the log (see scan), never as a damaged frame.
+func putFrame(dst []byte, id uint64, at int64, data []byte) int {
+	n := frameHead + 8 + len(data)
+	binary.LittleEndian.PutUint64(dst[8:], id)
+	binary.LittleEndian.PutUint64(dst[16:], uint64(at))
+	copy(dst[24:n], data)
+	binary.LittleEndian.PutUint32(dst[4:], frameSum(dst[8:n]))
+	binary.LittleEndian.PutUint32(dst[0:], uint32(8+len(data)))
+	return n
+}
+
 // readFrame reads the frame at b's start: its id, data and length, or
 // ok false when b does not begin with a whole, valid frame.
 func readFrame(b []byte) (id uint64, data []byte, n int, ok bool) {
@@ -235,6 +273,11 @@ type scanResult struct {
 
 // scan reads every valid frame of a file, resynchronising after damage
 // by looking for the next offset that holds a valid frame.
+//
+// A zero length word where a frame should start is the end of the log:
+// a mapped segment is reserved ahead and reads as zeros past its last
+// frame, and a frame being copied when the process died has no length
+// yet. It is damage only if a valid frame follows it (zeroed data).
 func scan(b []byte) scanResult {
 	var r scanResult
 	if len(b) < headerLen || string(b[:headerLen]) != magic {
@@ -244,14 +287,21 @@ func scan(b []byte) scanResult {
 		}
 	}
 	off := headerLen
+	end := -1 // where a zero length word ended the log, if it did
 	for off < len(b) {
 		id, data, n, ok := readFrame(b[off:])
 		if ok {
+			if end >= 0 && !r.damaged {
+				r.damaged, r.offset, r.reason = true, int64(end), "zeroed frames"
+			}
 			r.entries = append(r.entries, entry{id, data})
 			off += n
 			continue
 		}
-		if !r.damaged {
+		if end < 0 && !r.damaged && zeroWord(b[off:]) {
+			end = off
+		}
+		if !r.damaged && end < 0 {
 			r.damaged, r.offset = true, int64(off)
 			if len(b)-off < frameHead || int(binary.LittleEndian.Uint32(b[off:])) > len(b)-off-frameHead {
 				r.reason = "truncated frame"
@@ -259,9 +309,35 @@ func scan(b []byte) scanResult {
 				r.reason = "checksum mismatch"
 			}
 		}
-		off++
+		off = skipZeros(b, off+1)
 	}
 	return r
+}
+
+// zeroWord reports whether b starts with a zero length word (or with
+// fewer than four bytes, all zero).
+func zeroWord(b []byte) bool {
+	for i := 0; i < 4 && i < len(b); i++ {
+		if b[i] != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// skipZeros returns the first offset from off at which a frame could
+// start: a frame's length word is not zero, so it starts at most three
+// bytes before the next non-zero byte. Resynchronising through the
+// reserved tail of a mapped segment is then quick.
+func skipZeros(b []byte, off int) int {
+	i := off + 3
+	for i+8 <= len(b) && binary.LittleEndian.Uint64(b[i:]) == 0 {
+		i += 8
+	}
+	for i < len(b) && b[i] == 0 {
+		i++
+	}
+	return max(off, i-3)
 }
 
 // segment is one file of the log, as the writer knows it.
@@ -279,8 +355,9 @@ type Log struct {
 	cfg config
 
 	mu           sync.Mutex
-	f            *os.File // newest segment
-	size         int64
+	f            *os.File   // newest segment
+	size         int64      // its length, or under mem the part in use
+	mem          []byte     // the newest segment mapped (SyncOS on Linux), or nil: written with write(2)
 	segs         []*segment // oldest first; the last is being written
 	nextID       uint64
 	pending      []byte // frames waiting for the writer
@@ -469,11 +546,9 @@ func (l *Log) rewrite(firsts []uint64, damaged []string, keep []entry) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("durable: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
+	if err := l.openNewest(path, int64(len(buf)), 0); err != nil {
 		return fmt.Errorf("durable: %w", err)
 	}
-	l.f, l.size = f, int64(len(buf))
 	seg := &segment{first: first, next: l.nextID, path: path}
 	seg.removed = make([]bool, seg.next-seg.first)
 	// Ids between the kept records (removed or lost) count as removed.
@@ -596,10 +671,15 @@ func (l *Log) Append(data [][]byte, ids []uint64) error {
 		l.mu.Unlock()
 		return err
 	}
+	at := l.cfg.now().UnixNano()
+	if l.mem != nil {
+		err := l.appendMapped(data, ids, at)
+		l.mu.Unlock()
+		return err
+	}
 	if len(l.pending) == 0 {
 		l.pendingFirst = l.nextID
 	}
-	at := l.cfg.now().UnixNano()
 	for i, d := range data {
 		ids[i] = l.nextID
 		l.pending = appendFrame(l.pending, l.nextID, at, d)
@@ -621,6 +701,130 @@ func (l *Log) Append(data [][]byte, ids []uint64) error {
 	}
 	<-g.done
 	return g.err
+}
+
+// appendMapped copies the frames into the mapped newest segment: once
+// copied they are the operating system's, so the call returns without a
+// write or a wait. It runs under l.mu, which orders the frames.
+func (l *Log) appendMapped(data [][]byte, ids []uint64, at int64) (err error) {
+	var need int64
+	for _, d := range data {
+		need += frameLen(d)
+	}
+	if l.size+need > int64(len(l.mem)) {
+		if err := l.rotateMapped(need); err != nil {
+			l.err = fmt.Errorf("durable: write: %w", err)
+			return l.err
+		}
+		if l.mem == nil {
+			return l.appendDirect(data, ids, at)
+		}
+	}
+	// A mapped file that shrinks under us (another process truncating
+	// it) faults on the copy: a panic to recover, not a crash.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			l.err = fmt.Errorf("durable: write: %s: %v", l.f.Name(), r)
+			err = l.err
+		}
+	}()
+	first := l.nextID
+	for i, d := range data {
+		ids[i] = l.nextID
+		l.size += int64(putFrame(l.mem[l.size:], l.nextID, at, d))
+		l.nextID++
+	}
+	l.grewLocked(first)
+	return nil
+}
+
+// grewLocked records the ids from first to nextID as written to the
+// newest segment.
+func (l *Log) grewLocked(first uint64) {
+	last := l.segs[len(l.segs)-1]
+	last.removed = append(last.removed, make([]bool, l.nextID-first)...)
+	last.next = l.nextID
+	last.live += int(l.nextID - first)
+	l.written = l.nextID
+}
+
+// appendDirect writes the frames with one write(2), under l.mu: the
+// path of an Append that found the disk too full to map a new segment
+// (it then fails the way a write does).
+func (l *Log) appendDirect(data [][]byte, ids []uint64, at int64) error {
+	first := l.nextID
+	var buf []byte
+	for i, d := range data {
+		ids[i] = l.nextID
+		buf = appendFrame(buf, l.nextID, at, d)
+		l.nextID++
+	}
+	if _, err := l.f.Write(buf); err != nil {
+		l.err = fmt.Errorf("durable: write: %w", err)
+		return l.err
+	}
+	l.size += int64(len(buf))
+	l.grewLocked(first)
+	return nil
+}
+
+// rotateMapped closes the mapped newest segment and starts the next,
+// with room for at least need bytes of frames. When the new one cannot
+// be mapped (a full disk refuses the reservation), the log goes on with
+// write(2) from there.
+func (l *Log) rotateMapped(need int64) error {
+	if err := l.closeNewest(); err != nil {
+		return err
+	}
+	path := filepath.Join(l.dir, segName(l.nextID))
+	if err := os.WriteFile(path, []byte(magic), 0o600); err != nil {
+		return err
+	}
+	l.segs = append(l.segs, &segment{first: l.nextID, next: l.nextID, path: path})
+	return l.openNewest(path, headerLen, need)
+}
+
+// openNewest opens the newest segment, size bytes long, for appending:
+// mapped with room for need more bytes at least, under SyncOS where the
+// system can, else for write(2).
+func (l *Log) openNewest(path string, size, need int64) error {
+	if l.cfg.sync == SyncOS {
+		f, err := os.OpenFile(path, os.O_RDWR, 0o600)
+		if err != nil {
+			return err
+		}
+		if m, err := mapFile(f, max(l.cfg.segmentSize, size+need)); err == nil {
+			l.f, l.mem, l.size = f, m, size
+			return nil
+		}
+		_ = f.Truncate(size) // a failed reservation may have grown it
+		_ = f.Close()
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	l.f, l.mem, l.size = f, nil, size
+	return nil
+}
+
+// closeNewest unmaps and closes the newest segment, cutting the file to
+// what it holds.
+func (l *Log) closeNewest() error {
+	if l.f == nil {
+		return nil
+	}
+	var errs []error
+	if l.mem != nil {
+		errs = append(errs, unmapFile(l.mem), l.f.Truncate(l.size))
+		l.mem = nil
+	} else if l.cfg.sync == SyncDisk {
+		errs = append(errs, l.f.Sync())
+	}
+	errs = append(errs, l.f.Close())
+	l.f = nil
+	return errors.Join(errs...)
 }
 
 // group is the Appends that one write serves.
@@ -848,13 +1052,7 @@ func (l *Log) Close() error {
 }
 
 func (l *Log) closeFiles() error {
-	var errs []error
-	if l.f != nil {
-		if l.cfg.sync == SyncDisk {
-			errs = append(errs, l.f.Sync())
-		}
-		errs = append(errs, l.f.Close())
-	}
+	errs := []error{l.closeNewest()}
 	if l.aside != nil {
 		errs = append(errs, l.aside.Close())
 	}

@@ -316,38 +316,46 @@ func TestUnusableFolders(t *testing.T) {
 }
 
 // TestDiskFull writes into a tiny tmpfs: Append fails with ENOSPC, as an
-// error, and what was accepted before is still there.
+// error, and what was accepted before is still there. With segments
+// larger than the disk no segment can be reserved and the log writes
+// with write(2) from the start; with small ones it maps segments until
+// the reservation of the next one fails.
 func TestDiskFull(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("mounting a tmpfs needs root")
 	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
-		t.Skipf("cannot mount a tmpfs here: %v", err)
+	for _, seg := range []int64{1 << 20, 1 << 15} {
+		t.Run(fmt.Sprintf("segments of %d", seg), func(t *testing.T) {
+			dir := t.TempDir()
+			if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
+				t.Skipf("cannot mount a tmpfs here: %v", err)
+			}
+			t.Cleanup(func() { _ = syscall.Unmount(dir, 0) })
+			l, err := Open(dir, WithSegmentSize(seg))
+			require.NoError(t, err)
+			assert.Equal(t, seg < 256<<10, l.mem != nil, "mapped only when the segment fits")
+			accepted := 0
+			var werr error
+			for i := 0; i < 100000 && werr == nil; i++ {
+				werr = l.Append([][]byte{bytes.Repeat([]byte{'z'}, 1000)}, make([]uint64, 1))
+				if werr == nil {
+					accepted++
+				}
+			}
+			require.Error(t, werr)
+			assert.True(t, errors.Is(werr, syscall.ENOSPC), "%v", werr)
+			_ = l.Close()
+			l, err = Open(dir, WithRecover())
+			if err != nil {
+				// No room to rewrite the segment: a plain error, no crash.
+				assert.True(t, errors.Is(err, syscall.ENOSPC), "%v", err)
+				return
+			}
+			defer l.Close()
+			got, _ := loadAll(t, l)
+			assert.GreaterOrEqual(t, len(got), accepted-1, "what was accepted survives (the failed write may have left a torn frame)")
+		})
 	}
-	t.Cleanup(func() { _ = syscall.Unmount(dir, 0) })
-	l, err := Open(dir, WithSegmentSize(1<<20))
-	require.NoError(t, err)
-	accepted := 0
-	var werr error
-	for i := 0; i < 100000 && werr == nil; i++ {
-		werr = l.Append([][]byte{bytes.Repeat([]byte{'z'}, 1000)}, make([]uint64, 1))
-		if werr == nil {
-			accepted++
-		}
-	}
-	require.Error(t, werr)
-	assert.True(t, errors.Is(werr, syscall.ENOSPC), "%v", werr)
-	_ = l.Close()
-	l, err = Open(dir, WithRecover())
-	if err != nil {
-		// No room to rewrite the segment: a plain error, no crash.
-		assert.True(t, errors.Is(err, syscall.ENOSPC), "%v", err)
-		return
-	}
-	defer l.Close()
-	got, _ := loadAll(t, l)
-	assert.GreaterOrEqual(t, len(got), accepted-1, "what was accepted survives (the failed write may have left a torn frame)")
 }
 
 func FuzzScan(f *testing.F) {
@@ -356,6 +364,11 @@ func FuzzScan(f *testing.F) {
 		good = appendFrame(good, uint64(i+1), int64(i), rec(i))
 	}
 	f.Add(good)
+	f.Add(append(append([]byte{}, good...), make([]byte, 100)...))
+	torn := append(append([]byte{}, good...), make([]byte, 100)...)
+	putFrame(torn[len(good):], 6, 6, rec(6))
+	torn[len(good)] = 0 // its length word never written
+	f.Add(torn)
 	f.Add(good[:len(good)/2])
 	f.Add([]byte(magic))
 	f.Add([]byte{})
@@ -366,8 +379,90 @@ func FuzzScan(f *testing.F) {
 				t.Fatalf("entry without its time")
 			}
 		}
-		if !r.damaged && len(b) >= headerLen && len(r.entries) == 0 && len(b) > headerLen {
-			t.Fatalf("bytes after the header but no entry and no damage")
+		if !r.damaged && len(b) > headerLen && len(r.entries) == 0 && !zeroWord(b[headerLen:]) {
+			t.Fatalf("bytes after the header but no entry, no end word and no damage")
+		}
+		for i := 1; i < len(r.entries); i++ {
+			prev, cur := r.entries[i-1].data, r.entries[i].data
+			if &prev[0] == &cur[0] {
+				t.Fatalf("one frame read twice")
+			}
 		}
 	})
+}
+
+// TestMappedSegmentAfterKill reads a folder as a killed process leaves
+// it under SyncOS: the newest segment at its reserved size, zeros after
+// the last frame, and maybe a frame half copied (no length word yet).
+// Everything Append accepted is there, and none of it is damage.
+func TestMappedSegmentAfterKill(t *testing.T) {
+	dir := t.TempDir()
+	l, err := Open(dir, WithSegmentSize(1<<16))
+	require.NoError(t, err)
+	if l.mem == nil {
+		t.Skip("segments are not mapped on this system")
+	}
+	const n = 2000 // several segments
+	fill(t, l, 0, n)
+	l.mu.Lock()
+	used := l.size
+	l.mu.Unlock()
+	// What a kill leaves: the files as they are now, open.
+	crashed := t.TempDir()
+	names, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var newest string
+	for _, e := range names {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(crashed, e.Name()), b, 0o600))
+		if e.Name() > newest && e.Name() != ackedName && e.Name() != asideName {
+			newest = e.Name()
+		}
+	}
+	require.NoError(t, l.Close())
+	seg := filepath.Join(crashed, newest)
+	st, err := os.Stat(seg)
+	require.NoError(t, err)
+	require.Equal(t, int64(1<<16), st.Size(), "the newest segment is reserved ahead")
+	for _, torn := range []bool{false, true} {
+		if torn {
+			b, err := os.ReadFile(seg)
+			require.NoError(t, err)
+			putFrame(b[used:], n+1, 1, rec(n))
+			b[used], b[used+1], b[used+2], b[used+3] = 0, 0, 0, 0
+			require.NoError(t, os.WriteFile(seg, b, 0o600))
+		}
+		c := t.TempDir()
+		require.NoError(t, os.CopyFS(c, os.DirFS(crashed)))
+		l, err := Open(c)
+		require.NoError(t, err, "torn %v", torn)
+		_, data := loadAll(t, l)
+		require.Len(t, data, n)
+		for i, d := range data {
+			require.Equal(t, string(rec(i)), d)
+		}
+		require.NoError(t, l.Close())
+	}
+}
+
+// TestMappedFileTruncatedUnderUs: a mapped segment cut by someone else
+// makes Append fail with an error, never a crash.
+func TestMappedFileTruncatedUnderUs(t *testing.T) {
+	dir := t.TempDir()
+	l, err := Open(dir)
+	require.NoError(t, err)
+	if l.mem == nil {
+		t.Skip("segments are not mapped on this system")
+	}
+	fill(t, l, 0, 10)
+	segs, _ := filepath.Glob(filepath.Join(dir, "seg-*.log"))
+	require.Len(t, segs, 1)
+	require.NoError(t, os.Truncate(segs[0], 0))
+	err = l.Append([][]byte{[]byte("after the cut")}, make([]uint64, 1))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "durable: write")
+	err = l.Append([][]byte{[]byte("and after")}, make([]uint64, 1))
+	require.Error(t, err, "the log stays failed")
+	_ = l.Close()
 }
