@@ -79,28 +79,180 @@ func AppendString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// AppendFloat appends f so that it parses back to exactly f and so that an
-// integral value keeps a decimal point (ThingsBoard would otherwise store it
-// as a long). bits is 32 or 64.
+// MaxScale is the largest decimal scale (digits after the point minus the
+// exponent) at which ThingsBoard's JsonConverter still stores a non-integral
+// number as a double; beyond it the number is stored as a string (WIRE.md
+// §2.4, §10.2).
+const MaxScale = 16
+
+// AppendFloat appends f (bits is 32 or 64, the size of the float the value
+// came from) so that ThingsBoard stores it as a double:
+//
+//   - An integral value keeps a decimal point and never takes an exponent
+//     ("3.0", "1000000000000000000000.0"; written "3" or "1e21" it would
+//     be stored as a long). Its scale is 1 and it parses back to exactly f,
+//     however large (1e300 and MaxFloat64 are written in full).
+//   - Otherwise, when the shortest form that parses back to exactly f (as a
+//     float of the given bits) has a scale of at most 16, that form is
+//     written and nothing is lost. This is always the case for |f| ≥ 0.5
+//     (float64) and |f| ≥ 2⁻³⁰ ≈ 9.3e-10 (float32), where the spacing of
+//     the floats exceeds 10⁻¹⁶.
+//   - Otherwise (0.1+0.2 = 0.30000000000000004, scale 17; 1.5e-17, scale 18)
+//     f is rounded to 16 decimal places, the result is read back as a float
+//     of the given bits, r, exactly as the server does, and the shortest
+//     form of r is written: its scale is at most 16, it parses back to
+//     exactly r, and the server stores r. The cost: r differs from f by at
+//     most 10⁻¹⁶ (one unit in the 16th decimal place), and at most
+//     0.5×10⁻¹⁶ plus half a unit in the last place of r, i.e. less than
+//     8×10⁻¹⁷ for float64; r is the float nearest to f rounded to 16
+//     decimals. 0.1+0.2 is written "0.3". (For bits 32, r is a float32 and,
+//     as for every float32, the server stores the double nearest to the
+//     text.)
+//   - Magnitudes below 10⁻¹⁶ cannot keep a significant digit at scale 16
+//     and follow the same rule rather than an error: |f| < 0.5×10⁻¹⁶
+//     (1e-17, 5e-324, …) is written as zero with f's sign ("0.0", "-0.0";
+//     the server stores 0.0), and 0.5×10⁻¹⁶ ≤ |f| < 10⁻¹⁶ as "1e-16".
+//
+// The output is canonical: re-encoding the value the server stores writes
+// the same bytes. NaN and infinities are refused with ErrNonFinite and
+// nothing is appended. AppendFloat allocates nothing beyond growing dst.
 func AppendFloat(dst []byte, f float64, bits int) ([]byte, error) {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return dst, ErrNonFinite
 	}
 	if f == math.Trunc(f) {
-		// Integral: plain digits and ".0", never an exponent, because the
-		// server treats any exponent form of an integral number as a long.
-		dst = strconv.AppendFloat(dst, f, 'f', -1, bits)
-		return append(dst, '.', '0'), nil
+		return appendIntegral(dst, f, bits), nil
 	}
 	if b, ok := appendShortFloat(dst, f, bits); ok {
 		return b, nil
 	}
-	abs := math.Abs(f)
+	n := len(dst)
+	dst = appendShortest(dst, f, bits)
+	if math.Abs(f) >= 1 {
+		// At most 17 significant digits (9 for float32) with at least one
+		// before the point: the scale is at most 16.
+		return dst, nil
+	}
+	scale, exp := decimalScale(dst[n:])
+	if scale <= MaxScale {
+		return dst, nil
+	}
+	r := roundScale(f, bits, exp)
+	// r's shortest form has a scale of at most 16: the decimal r was read
+	// from is one with scale ≤ 16 that parses to r, and the shortest form
+	// (strconv finds the coarsest power of ten with a multiple in r's
+	// rounding interval) has a scale no greater than any such decimal's.
+	if r == math.Trunc(r) {
+		return appendIntegral(dst[:n], r, bits), nil
+	}
+	if b, ok := appendShortFloat(dst[:n], r, bits); ok {
+		return b, nil
+	}
+	return appendShortest(dst[:n], r, bits), nil
+}
+
+// appendIntegral writes an integral f as plain digits and ".0", never with
+// an exponent, because the server treats any exponent form of an integral
+// number as a long.
+func appendIntegral(dst []byte, f float64, bits int) []byte {
+	dst = strconv.AppendFloat(dst, f, 'f', -1, bits)
+	return append(dst, '.', '0')
+}
+
+// appendShortest writes the shortest form of a non-integral f that parses
+// back to f, with an exponent below 1e-6.
+func appendShortest(dst []byte, f float64, bits int) []byte {
 	format := byte('f')
-	if abs < 1e-6 || abs >= 1e21 {
+	if abs := math.Abs(f); abs < 1e-6 || abs >= 1e21 {
 		format = 'e'
 	}
-	return strconv.AppendFloat(dst, f, format, -1, bits), nil
+	return strconv.AppendFloat(dst, f, format, -1, bits)
+}
+
+// decimalScale returns the BigDecimal scale of a number strconv wrote
+// (digits after the point, minus the exponent, trailing zeros of the
+// fraction ignored) and the decimal exponent of its first significant digit
+// (-1 for 0.3, -17 for 1.5e-17). b holds a non-zero number.
+func decimalScale(b []byte) (scale, exp int) {
+	i := 0
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	intStart := i
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
+	}
+	intEnd := i
+	fracStart, fracEnd := i, i
+	if i < len(b) && b[i] == '.' {
+		i++
+		fracStart = i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		fracEnd = i
+	}
+	e := 0
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		neg := false
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			neg = b[i] == '-'
+			i++
+		}
+		for ; i < len(b); i++ {
+			e = e*10 + int(b[i]-'0')
+		}
+		if neg {
+			e = -e
+		}
+	}
+	for fracEnd > fracStart && b[fracEnd-1] == '0' {
+		fracEnd--
+	}
+	scale = fracEnd - fracStart - e
+	exp = e - 1 // f==0 cannot happen; keeps the result defined
+	for j := intStart; j < intEnd; j++ {
+		if b[j] != '0' {
+			return scale, e + intEnd - j - 1
+		}
+	}
+	for j := fracStart; j < fracEnd; j++ {
+		if b[j] != '0' {
+			return scale, e - (j - fracStart) - 1
+		}
+	}
+	return scale, exp
+}
+
+// roundScale returns f rounded to MaxScale decimal places and read back as a
+// float of the given bits. exp is the decimal exponent of f's shortest form,
+// which needs more than MaxScale decimals (f is below 1 in magnitude).
+func roundScale(f float64, bits int, exp int) float64 {
+	var scratch [32]byte // on the stack: at most 23 bytes are written
+	buf := scratch[:0]
+	switch {
+	case exp < -MaxScale-1:
+		// |f| < 10⁻¹⁷: nearer to zero than to 10⁻¹⁶.
+		return math.Copysign(0, f)
+	case exp == -MaxScale-1:
+		// 10⁻¹⁷ ≤ |f| < 10⁻¹⁶: rounds to 0 or 10⁻¹⁶; strconv's fixed
+		// notation rounds the exact binary value.
+		buf = strconv.AppendFloat(buf, f, 'f', MaxScale, bits)
+	default:
+		// The shortest form needs more decimals than MaxScale, so no power
+		// of ten lies between it and f: its exponent is f's, and MaxScale+exp
+		// digits after the first one end at the 16th decimal place. (A
+		// rounding carry, 9.99…→10.0…, only adds a trailing zero.) Unlike
+		// 'f', 'e' with at most 18 digits takes strconv's fast fixed path.
+		buf = strconv.AppendFloat(buf, f, 'e', MaxScale+exp, bits)
+	}
+	r, err := strconv.ParseFloat(string(buf), bits)
+	if err != nil {
+		// Cannot happen: strconv wrote a finite number within range.
+		return f
+	}
+	return r
 }
 
 // appendShortFloat is the fast path for the usual measurement: a value

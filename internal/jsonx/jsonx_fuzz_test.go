@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/big"
 	"math/rand/v2"
 	"reflect"
 	"strconv"
@@ -19,8 +20,11 @@ import (
 // and AppendFloat. The invariants are the package's promises: Decode accepts
 // exactly one valid JSON document and keeps integers (int64) and floats
 // (float64) apart, every decoded value re-encodes into JSON that decodes back
-// to the same value and types, strings survive encoding, floats parse back
-// exactly and an integral float keeps its decimal point.
+// to the same value and types (a float whose shortest form has more than 16
+// decimals to the float nearest to it rounded to 16 decimals), strings
+// survive encoding, every float is written with a decimal scale of at most
+// 16 so that the server stores a double, and an integral float keeps its
+// decimal point.
 
 // jsonSeeds are documents worth starting from: the downlinks of WIRE.md §3
 // and hostile inputs.
@@ -114,10 +118,12 @@ func FuzzJSONDecode(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encoded %q as %q, which does not decode: %v", data, out, err)
 		}
-		if !reflect.DeepEqual(v, back) {
-			t.Fatalf("round trip changed the value:\ninput   %q\nfirst   %#v\nencoded %q\nsecond  %#v", data, v, out, back)
+		// Floats come back as AppendFloat keeps them: exactly, unless
+		// their shortest form has more than 16 decimals.
+		if want := stored(v); !reflect.DeepEqual(want, back) {
+			t.Fatalf("round trip changed the value:\ninput   %q\nfirst   %#v\nencoded %q\nsecond  %#v\nwant    %#v", data, v, out, back, want)
 		}
-		// Encoding is deterministic: the same value gives the same bytes.
+		// Encoding is canonical: the value read back gives the same bytes.
 		again, err := AppendValue([]byte("prefix"), back, &s)
 		if err != nil || string(again) != "prefix"+string(out) {
 			t.Fatalf("second encoding differs: %q vs %q (%v)", again, out, err)
@@ -129,6 +135,32 @@ func FuzzJSONDecode(f *testing.F) {
 }
 
 func isObject(v any) bool { _, ok := v.(map[string]any); return ok }
+
+// stored is v with every float replaced by what AppendFloat makes of it.
+func stored(v any) any {
+	switch x := v.(type) {
+	case float64:
+		b, err := AppendFloat(nil, x, 64)
+		if err != nil {
+			return x
+		}
+		f, _ := strconv.ParseFloat(string(b), 64)
+		return f
+	case map[string]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[k] = stored(e)
+		}
+		return m
+	case []any:
+		a := make([]any, len(x))
+		for i, e := range x {
+			a[i] = stored(e)
+		}
+		return a
+	}
+	return v
+}
 
 // stdDecode is the reference decoder: encoding/json with json.Number leaves.
 func stdDecode(data []byte) (any, error) {
@@ -278,6 +310,9 @@ func FuzzAppendFloat(f *testing.F) {
 		1e300, 1e-5, 1e-6, 1e-7, 9.999999e-7, 123456789.125, 1 << 53, 1<<53 + 2, 1 << 63, 1 << 64,
 		math.MaxFloat64, -math.MaxFloat64, math.SmallestNonzeroFloat64, 2.2250738585072014e-308,
 		math.MaxFloat32, math.Pi, -math.E, math.NaN(), math.Inf(1), math.Inf(-1),
+		// Shortest forms over 16 decimals, rounded.
+		0.30000000000000004, -0.30000000000000004, 0.12345678901234568, 1.5e-17, 1e-17, 5e-17, 6e-17, 1e-16, 9.5e-17,
+		0.09999999999999999, 1.2345678901234567e-7, 2.5e-300, -1e-20, 1.7e-9,
 	} {
 		f.Add(v)
 	}
@@ -296,7 +331,13 @@ func FuzzAppendFloat(f *testing.F) {
 	})
 }
 
-func checkFloat(t *testing.T, v float64, bits int) {
+// checkFloat checks AppendFloat's promises for v and returns what it wrote:
+// valid JSON that the server types as a double (scale at most MaxScale, an
+// integral value with a '.' and no exponent, never an integer literal);
+// exactly v when its shortest form has a scale of at most MaxScale, else the
+// float nearest to v rounded to MaxScale decimals, within the documented
+// error; and canonical (the value read back is written the same way).
+func checkFloat(t *testing.T, v float64, bits int) string {
 	t.Helper()
 	out, err := AppendFloat([]byte("x"), v, bits)
 	if err != nil {
@@ -310,35 +351,103 @@ func checkFloat(t *testing.T, v float64, bits int) {
 	if err != nil {
 		t.Fatalf("AppendFloat(%v, %d) = %q does not parse: %v", v, bits, s, err)
 	}
-	if bits == 32 {
-		if math.Float32bits(float32(back)) != math.Float32bits(float32(v)) {
-			t.Fatalf("AppendFloat(%v, 32) = %q parses back as %v", float32(v), s, float32(back))
-		}
-	} else if math.Float64bits(back) != math.Float64bits(v) {
-		t.Fatalf("AppendFloat(%v) = %q parses back as %v", v, s, back)
-	}
 	if !json.Valid([]byte(s)) {
 		t.Fatalf("AppendFloat(%v, %d) = %q is not a JSON number", v, bits, s)
 	}
-	if a := math.Abs(v); bits == 64 && v != math.Trunc(v) && a >= 1e-6 && a < 1e21 {
-		// The shortest digits, as strconv writes them (the fast path for
-		// short decimals must agree).
-		if want := strconv.FormatFloat(v, 'f', -1, 64); s != want {
-			t.Fatalf("AppendFloat(%v) = %q, want the shortest form %q", v, s, want)
+	if sc, raw := textScale(s); sc > MaxScale || raw > MaxScale {
+		t.Fatalf("AppendFloat(%v, %d) = %q has scale %d (%d as written), over %d: the server stores a string", v, bits, s, sc, raw, MaxScale)
+	}
+	shortest := strconv.FormatFloat(v, 'g', -1, bits)
+	if sc, _ := textScale(shortest); sc <= MaxScale {
+		// Nothing to round: exactly v, in its shortest form.
+		if math.Float64bits(back) != math.Float64bits(v) {
+			t.Fatalf("AppendFloat(%v, %d) = %q parses back as %v", v, bits, s, back)
+		}
+		if a := math.Abs(v); v != math.Trunc(v) && a >= 1e-6 && a < 1e21 {
+			// The shortest digits, as strconv writes them (the fast path
+			// for short decimals must agree).
+			if want := strconv.FormatFloat(v, 'f', -1, bits); s != want {
+				t.Fatalf("AppendFloat(%v, %d) = %q, want the shortest form %q", v, bits, s, want)
+			}
+		}
+	} else {
+		// Rounded: the float nearest to v rounded to 16 decimals...
+		want, _ := strconv.ParseFloat(strconv.FormatFloat(v, 'f', MaxScale, bits), bits)
+		if math.Float64bits(back) != math.Float64bits(want) {
+			t.Fatalf("AppendFloat(%v, %d) = %q reads as %v, want %v (%v rounded to %d decimals)", v, bits, s, back, want, v, MaxScale)
+		}
+		// ...within the documented error.
+		if e := floatError(back, v); e.Cmp(maxRoundError(bits)) > 0 {
+			t.Fatalf("AppendFloat(%v, %d) = %q is %s away, over the documented %s", v, bits, s, e.FloatString(20), maxRoundError(bits).FloatString(20))
+		}
+		// ...which itself needs no rounding, so that the check below makes
+		// s its shortest form.
+		if sc, _ := textScale(strconv.FormatFloat(back, 'g', -1, bits)); sc > MaxScale {
+			t.Fatalf("AppendFloat(%v, %d) = %q reads as %v, whose shortest form has scale %d", v, bits, s, back, sc)
 		}
 	}
-	if v == math.Trunc(v) && (!strings.Contains(s, ".") || strings.ContainsAny(s, "eE")) {
+	if math.Abs(back-v) > 1e-16 {
+		t.Fatalf("AppendFloat(%v, %d) = %q: error %g over 1e-16", v, bits, s, math.Abs(back-v))
+	}
+	if back == math.Trunc(back) && (!strings.Contains(s, ".") || strings.ContainsAny(s, "eE")) {
 		t.Fatalf("AppendFloat(%v, %d) = %q: an integral float needs a '.' and no exponent, or the server stores a long", v, bits, s)
 	}
 	if !strings.ContainsAny(s, ".eE") {
 		t.Fatalf("AppendFloat(%v, %d) = %q reads as an integer", v, bits, s)
 	}
+	// Canonical: what the server stores is written the same way again.
+	if again, _ := AppendFloat(nil, back, bits); string(again) != s {
+		t.Fatalf("AppendFloat(%v, %d) = %q, but the value it reads as gives %q", v, bits, s, again)
+	}
 	if bits == 64 {
 		d, err := Decode([]byte(s))
-		if g, ok := d.(float64); err != nil || !ok || math.Float64bits(g) != math.Float64bits(v) {
-			t.Fatalf("Decode(%q) = %T %v, %v; want float64 %v", s, d, d, err, v)
+		if g, ok := d.(float64); err != nil || !ok || math.Float64bits(g) != math.Float64bits(back) {
+			t.Fatalf("Decode(%q) = %T %v, %v; want float64 %v", s, d, d, err, back)
 		}
 	}
+	return s
+}
+
+// textScale returns the BigDecimal scale of the number literal s: digits
+// after the point minus the exponent, once trailing zeros of the fraction
+// are stripped (as BigDecimal.stripTrailingZeros does for a non-integral
+// number; zeros before the point are kept, so 1000.0 has scale 0, not -3),
+// and raw, the same without stripping (BigDecimal.scale of the text as
+// written, which JsonConverter compares with 16). Zero has scale 0.
+func textScale(s string) (scale, raw int) {
+	s = strings.TrimPrefix(s, "-")
+	exp := 0
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		e, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+"))
+		if err != nil {
+			panic("textScale: bad exponent in " + s)
+		}
+		exp = e
+		s = s[:i]
+	}
+	_, frac, _ := strings.Cut(s, ".")
+	raw = len(frac) - exp
+	frac = strings.TrimRight(frac, "0")
+	if strings.Trim(s, "0.") == "" {
+		return 0, raw
+	}
+	return len(frac) - exp, raw
+}
+
+// floatError is |a-b| exactly.
+func floatError(a, b float64) *big.Rat {
+	d := new(big.Rat).Sub(new(big.Rat).SetFloat64(a), new(big.Rat).SetFloat64(b))
+	return d.Abs(d)
+}
+
+// maxRoundError is the error AppendFloat documents for a rounded value:
+// under 8×10⁻¹⁷ for float64 (0.5×10⁻¹⁶ plus half an ulp of a value below
+// 0.5), at most 10⁻¹⁶ for float32.
+func maxRoundError(bits int) *big.Rat {
+	if bits == 32 {
+		return big.NewRat(1, 1e16)
+	}
+	return big.NewRat(8, 1e17)
 }
 
 // TestShortFloatsMatchStrconv sweeps the decimals the fast path writes
