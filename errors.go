@@ -48,6 +48,8 @@ var (
 	// ErrDropped: the data was evicted from a full queue by the DropOldest
 	// policy before it could be sent.
 	ErrDropped = errors.New("tbgateway: dropped from a full queue")
+	// ErrExpired: the data waited in the queue longer than WithMaxAge.
+	ErrExpired = errors.New("tbgateway: expired in the queue")
 	// ErrPoisonMessage: the server closed the connection every time the
 	// message was sent, so it was set aside (see Gateway.PoisonMessages).
 	ErrPoisonMessage = errors.New("tbgateway: message set aside as poison")

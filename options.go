@@ -85,6 +85,7 @@ type options struct {
 	coalesce                     bool
 	linger                       time.Duration
 	store                        QueueStore
+	maxAge                       time.Duration
 	onConnection                 func(ConnectionEvent)
 	poisonThreshold              int
 	onDevice                     func(DeviceEvent)
@@ -379,6 +380,23 @@ func WithQueue(maxMessages, maxBytes int, policy OverflowPolicy) Option {
 			return invalid("overflow policy %d", policy)
 		}
 		o.queueMsgs, o.queueBytes = maxMessages, maxBytes
+		return nil
+	}
+}
+
+// WithMaxAge drops queued data older than d instead of sending it: data
+// that waited out a long outage and is no longer worth its place. The
+// sender drops it when it reaches it (after an outage, as soon as the
+// connection is back), fails its call with ErrExpired and counts it in
+// Stats.Expired. Records restored from a QueueStore count their age from
+// Dial; durable.WithMaxAge drops the ones written too long before. Off by
+// default: nothing expires.
+func WithMaxAge(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return invalid("max age %v", d)
+		}
+		o.maxAge = d
 		return nil
 	}
 }

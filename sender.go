@@ -253,6 +253,12 @@ func (s *sender) put(ctx context.Context, recs []*outbox.Record) error {
 	if s.g.closed() {
 		return ErrClosed
 	}
+	if age := s.g.opts.maxAge; age > 0 {
+		now := time.Now().UnixNano()
+		for _, r := range recs {
+			r.At = now
+		}
+	}
 	if s.durable != nil {
 		if err := s.durable.append(recs); err != nil {
 			return fmt.Errorf("tbgateway: queue store: %w", err)
@@ -274,6 +280,24 @@ func (s *sender) put(ctx context.Context, recs []*outbox.Record) error {
 		return ErrClosed
 	}
 	return fmt.Errorf("tbgateway: waiting for room in the queue: %w", err)
+}
+
+// expire drops the queued records older than WithMaxAge.
+func (s *sender) expire() {
+	if age := s.g.opts.maxAge; age > 0 {
+		s.queue.DropExpired(time.Now().Add(-age).UnixNano(), s.onExpire)
+	}
+}
+
+// onExpire is told of a record dropped for its age.
+func (s *sender) onExpire(r *outbox.Record) {
+	s.g.stats.expired.Add(1)
+	if s.durable != nil {
+		s.durable.remove([]*outbox.Record{r})
+	}
+	if r.Waiter != nil {
+		s.g.fail(r.Waiter, ErrExpired)
+	}
 }
 
 // onDrop is told of records evicted by the DropOldest policy.
@@ -350,6 +374,7 @@ func (s *sender) loop() {
 			}
 			continue
 		}
+		s.expire()
 		recs, changed := s.queue.Peek(4096)
 		if len(recs) == 0 {
 			if s.announceBacklog(c) {

@@ -16,6 +16,9 @@ type Stats struct {
 	Unrestorable   uint64 // records the queue store returned at Dial that could not be decoded, dropped
 	Refused        uint64 // calls refused because the queue (or the callback lane) was full (FailFast)
 	Dropped        uint64 // records evicted by DropOldest
+	Expired        uint64 // records dropped for waiting longer than WithMaxAge
+	Salvaged       uint64 // records the queue store salvaged from damaged files at open (see QueueStore)
+	LostOnDisk     uint64 // records the queue store found damaged beyond reading at open
 	Poisoned       uint64 // messages set aside as poison
 	Isolated       uint64 // suspected messages taken back to retry their parts alone
 	PublishErrors  uint64 // publishes the connection refused before sending (re-queued)
@@ -38,7 +41,7 @@ type counters struct {
 	handlerDropped, panics, reconnects, points, resent           atomic.Uint64
 	restored, refused, droppedOverflow, poisoned, announced      atomic.Uint64
 	refreshed, limitsApplied, isolated, halfOpen, duplicateRPCs  atomic.Uint64
-	eventsLost, unrestorable                                     atomic.Uint64
+	eventsLost, unrestorable, expired, salvaged, lostOnDisk      atomic.Uint64
 }
 
 // Stats returns the current counters. It never blocks for long.
@@ -58,6 +61,9 @@ func (g *Gateway) Stats() Stats {
 		Unrestorable:   s.unrestorable.Load(),
 		Refused:        s.refused.Load(),
 		Dropped:        s.droppedOverflow.Load(),
+		Expired:        s.expired.Load(),
+		Salvaged:       s.salvaged.Load(),
+		LostOnDisk:     s.lostOnDisk.Load(),
 		Poisoned:       s.poisoned.Load(),
 		Isolated:       s.isolated.Load(),
 		PublishErrors:  s.publishErrors.Load(),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/thingsgate/tbgateway/internal/outbox"
 )
@@ -21,6 +22,10 @@ import (
 // must not keep data or ids after it returns (the gateway reuses them).
 // Remove and SetAside must not wait for the disk: they run on the MQTT
 // network goroutine. Implementations must be safe for concurrent use.
+//
+// A store that repaired itself when opened may also have a method
+// Recovered() (salvaged, lost int): Dial adds them to Stats.Salvaged and
+// Stats.LostOnDisk and logs them (package durable's Log has it).
 type QueueStore interface {
 	// Load calls fn with every record kept from before, oldest first.
 	Load(fn func(id uint64, data []byte) error) error
@@ -126,7 +131,15 @@ func (st store) setAside(recs []*outbox.Record) {
 // store returns but that does not decode is counted and dropped: it
 // cannot be sent, and must not stop the gateway.
 func (s *sender) restore(ctx context.Context) error {
+	if rs, ok := s.durable.s.(interface{ Recovered() (salvaged, lost int) }); ok {
+		if salvaged, lost := rs.Recovered(); salvaged > 0 || lost > 0 {
+			s.g.stats.salvaged.Add(uint64(salvaged))
+			s.g.stats.lostOnDisk.Add(uint64(lost))
+			s.g.log.Warn("tbgateway: the queue store was damaged and repaired", "salvaged", salvaged, "lost", lost)
+		}
+	}
 	var recs []*outbox.Record
+	now := time.Now().UnixNano()
 	bad := 0
 	err := s.durable.s.Load(func(id uint64, data []byte) error {
 		r, err := outbox.DecodeRecord(data)
@@ -136,6 +149,9 @@ func (s *sender) restore(ctx context.Context) error {
 			return nil
 		}
 		r.Seq = id
+		if s.g.opts.maxAge > 0 {
+			r.At = now
+		}
 		recs = append(recs, r)
 		return nil
 	})

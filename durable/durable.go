@@ -649,6 +649,13 @@ func (l *Log) Load(fn func(id uint64, data []byte) error) error {
 	return nil
 }
 
+// Recovered reports what Open salvaged and lost under WithRecover, for
+// tbgateway's Stats (see tbgateway.QueueStore).
+func (l *Log) Recovered() (salvaged, lost int) {
+	r := l.Recovery()
+	return r.Salvaged, r.Lost
+}
+
 // Recovery reports what Open salvaged, lost and dropped.
 func (l *Log) Recovery() Recovery {
 	l.mu.Lock()

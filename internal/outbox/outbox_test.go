@@ -356,3 +356,26 @@ func TestDecodeRecordRejectsGarbage(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, r, back)
 }
+
+// TestQueueDropExpired: only the records accepted before the cut-off, at
+// the head, go; records without a time never expire; room is freed for a
+// blocked producer.
+func TestQueueDropExpired(t *testing.T) {
+	ctx := context.Background()
+	q := NewQueue(3, 1000, Block, nil)
+	recs := []*Record{{Kind: Raw, Topic: "t", Body: []byte("a"), At: 10}, {Kind: Raw, Topic: "t", Body: []byte("b"), At: 20},
+		{Kind: Raw, Topic: "t", Body: []byte("c"), At: 30}}
+	require.NoError(t, q.Put(ctx, recs, false))
+	put := make(chan error, 1)
+	go func() { put <- q.Put(ctx, []*Record{{Kind: Raw, Topic: "t", Body: []byte("d")}}, false) }()
+	var gone []string
+	n := q.DropExpired(25, func(r *Record) { gone = append(gone, string(r.Body)) })
+	assert.Equal(t, 2, n)
+	assert.Equal(t, []string{"a", "b"}, gone)
+	require.NoError(t, <-put, "the room freed lets the blocked call in")
+	gone = nil
+	assert.Equal(t, 1, q.DropExpired(1<<62, func(r *Record) { gone = append(gone, string(r.Body)) }))
+	assert.Equal(t, []string{"c"}, gone, "d has no time: it never expires")
+	n, _ = q.Len()
+	assert.Equal(t, 1, n)
+}

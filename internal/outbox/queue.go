@@ -124,6 +124,30 @@ func (q *Queue) dropHead() {
 	q.n--
 }
 
+// DropExpired removes the records at the head accepted before the given
+// time (Record.At, unix nanoseconds) and calls fn with each. Records are
+// in the order they were accepted, so the expired ones are at the head.
+func (q *Queue) DropExpired(before int64, fn func(*Record)) int {
+	q.mu.Lock()
+	q.release()
+	var gone []*Record
+	for q.n > 0 {
+		r := q.ring[q.head]
+		if r.At == 0 || r.At >= before {
+			break
+		}
+		gone = append(gone, q.popHead())
+	}
+	if len(gone) > 0 {
+		q.wakeProducers()
+	}
+	q.mu.Unlock()
+	for _, r := range gone {
+		fn(r)
+	}
+	return len(gone)
+}
+
 // Put appends recs, all or none, applying the policy when full. front puts
 // them at the head instead, whatever the bounds: records taken back from
 // the connection, or loaded from disk, which were accepted before.

@@ -58,6 +58,9 @@ type Record struct {
 	Points int
 	// Seq identifies the record in a durable store (0 when not stored).
 	Seq uint64
+	// At is when the record was accepted, in unix nanoseconds, for a
+	// maximum age (0: never expires).
+	At int64
 	// DeviceName is the plain device name the record belongs to ("" when
 	// none).
 	DeviceName string
@@ -75,7 +78,7 @@ type Record struct {
 // outcome.
 func (r *Record) Clone() *Record {
 	return &Record{Kind: r.Kind, Topic: r.Topic, Device: r.Device, Body: r.Body, Points: r.Points,
-		DeviceName: r.DeviceName, Note: r.Note, Isolate: r.Isolate}
+		DeviceName: r.DeviceName, Note: r.Note, Isolate: r.Isolate, At: r.At}
 }
 
 // Alone returns the records of a call of r alone.
