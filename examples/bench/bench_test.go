@@ -93,61 +93,6 @@ func TestBenchValuesForm(t *testing.T) {
 	require.Equal(t, s.Runs[1].Bytes, s.Runs[0].Bytes, "values and naive send the same bytes")
 }
 
-func TestPackedPayloadsFitAndCover(t *testing.T) {
-	ds := newDataset(7, 400, 12)
-	var points int64
-	for _, p := range ds.packedPayloads(1) {
-		require.LessOrEqual(t, 2+len(topic)+2+len(p), maxBytes)
-		require.True(t, json.Valid(p))
-		require.True(t, scanTelemetry(p, func(_ []byte, _ int64, n int) { points += int64(n) }))
-	}
-	require.Equal(t, ds.points(), points)
-}
-
-func TestPayloadSetKeepsEveryPayload(t *testing.T) {
-	ds := newDataset(3, 20, 2)
-	want := ds.naivePayloads()
-	set := ds.naiveSet()
-	require.Equal(t, len(want), set.len())
-	for i, p := range want {
-		require.Equal(t, p, set.at(i), "payload %d", i)
-		require.Equal(t, len(p), cap(set.at(i)), "payload %d must not reach into the next", i)
-	}
-	require.Same(t, set, ds.naiveSet(), "built once per dataset")
-	require.NotSame(t, ds.packedSet(1), ds.packedSet(0), "rebuilt for another QoS")
-}
-
-func TestLatencySampling(t *testing.T) {
-	require.Equal(t, 1, sampling(sampleFrom-1))
-	require.Equal(t, latencyEvery, sampling(sampleFrom))
-}
-
-func TestVerifierCountsExactly(t *testing.T) {
-	ds := newDataset(2, 3, 2)
-	v := newVerifier(ds)
-	for _, p := range ds.naivePayloads() {
-		v.add(p)
-	}
-	v.add(ds.naivePayloads()[0])                          // a duplicate entry
-	v.add([]byte(`{"Device 0000":[{"ts":1,"values":{}}`)) // truncated
-	v.add([]byte(`{"Unknown":[{"ts":1700000000000,"values":{"k0":1}}]}`))
-	require.Zero(t, v.stats().unique, "payloads are held, not scanned, while a run is timed")
-	require.NotZero(t, v.heldBytes.Load())
-	if v.offHeap {
-		require.Zero(t, v.retained(), "payloads held outside the Go heap")
-	} else {
-		require.Equal(t, uint64(v.heldBytes.Load()), v.retained())
-	}
-	v.scanHeld()
-	require.Zero(t, v.heldBytes.Load())
-	v.add(ds.naivePayloads()[1]) // scanned at once from now on
-	st := v.stats()
-	require.Equal(t, ds.points(), st.unique)
-	require.EqualValues(t, 4, st.dups)
-	require.EqualValues(t, 1, st.malformed)
-	require.EqualValues(t, 1, st.bad)
-}
-
 func TestFlags(t *testing.T) {
 	cfg, err := parseFlags([]string{"-runs", "sdk,naive,sdk", "-devices", "3"}, &bytes.Buffer{})
 	require.NoError(t, err)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
@@ -76,7 +77,7 @@ func verifyStored(srv *tbtest.Server, ds *dataset) verifyStats {
 	for d, dev := range ds.devices {
 		keys := srv.TelemetryKeys(dev)
 		for _, k := range keys {
-			j := indexOf(ds.keys, k)
+			j := slices.Index(ds.keys, k)
 			series := srv.Series(dev, k)
 			if j < 0 {
 				st.bad += int64(len(series))
@@ -99,15 +100,6 @@ func verifyStored(srv *tbtest.Server, ds *dataset) verifyStats {
 		}
 	}
 	return st
-}
-
-func indexOf(list []string, s string) int {
-	for i, v := range list {
-		if v == s {
-			return i
-		}
-	}
-	return -1
 }
 
 // sameValue reports whether v is the value of key j of entry i of device d,
