@@ -803,6 +803,11 @@ func (l *Log) openNewest(path string, size, need int64) error {
 		}
 		if m, err := mapFile(f, max(l.cfg.segmentSize, size+need)); err == nil {
 			l.f, l.mem, l.size = f, m, size
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				prefault(m[size&^4095:], l.done) // madvise wants a page boundary
+			}()
 			return nil
 		}
 		_ = f.Truncate(size) // a failed reservation may have grown it

@@ -23,3 +23,25 @@ func mapFile(f *os.File, size int64) ([]byte, error) {
 }
 
 func unmapFile(m []byte) error { return syscall.Munmap(m) }
+
+// madvPopulateWrite is MADV_POPULATE_WRITE (Linux 5.14): fault pages in
+// writable without touching them.
+const madvPopulateWrite = 23
+
+// prefault faults m's pages in ahead of the appends, a chunk at a time,
+// until done closes: the first write to a page of a fresh mapping is a
+// page fault that otherwise costs every 30th Append several times its
+// copy. It stops at the first error (an older kernel, or m unmapped).
+func prefault(m []byte, done <-chan struct{}) {
+	const chunk = 1 << 20
+	for off := 0; off < len(m); off += chunk {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		if syscall.Madvise(m[off:min(off+chunk, len(m))], madvPopulateWrite) != nil {
+			return
+		}
+	}
+}
