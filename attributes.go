@@ -59,36 +59,28 @@ func (e *encoder) attributeRecords(a Attributes, lim sizeLimit) ([]*outbox.Recor
 	e.names = sortedNames(e.names, a)
 	recs := make([]*outbox.Record, 0, len(e.names))
 	for _, name := range e.names {
-		if err := checkDeviceName(name); err != nil {
-			return nil, err
-		}
-		e.buf, e.items = e.buf[:0], e.items[:0]
-		if err := e.members(name, a[name], true); err != nil {
-			return nil, err
-		}
 		var err error
-		if recs, err = e.split(recs, outbox.Attributes, name, quotedName(name), lim); err != nil {
+		if recs, err = e.deviceAttributes(recs, name, "", a[name], lim); err != nil {
 			return nil, err
 		}
 	}
 	return recs, nil
 }
 
-// PublishAttributes sends this device's client-side attributes; see
-// Gateway.PublishAttributes.
-func (d *Device) PublishAttributes(ctx context.Context, v Values) error {
-	return d.g.PublishAttributes(ctx, Attributes{d.Name(): v})
-}
-
-// PublishAttributes sends the gateway's own client-side attributes on
-// v1/devices/me/attributes.
-func (s *GatewayDevice) PublishAttributes(ctx context.Context, v Values) error {
-	e := getEncoder()
-	defer e.release()
-	if err := e.values("", v); err != nil {
-		return err
+// deviceAttributes appends the records of one device's attributes (quoted
+// is its name as a JSON string, or "" to quote it here).
+func (e *encoder) deviceAttributes(recs []*outbox.Record, name, quoted string, v Values, lim sizeLimit) ([]*outbox.Record, error) {
+	if err := checkDeviceName(name); err != nil {
+		return nil, err
 	}
-	return s.g.publish(ctx, &outbox.Record{Topic: topicSelfAttributes, Body: e.payload(), Points: len(v)})
+	e.buf, e.items = e.buf[:0], e.items[:0]
+	if err := e.members(name, v, true); err != nil {
+		return nil, err
+	}
+	if quoted == "" {
+		quoted = quotedName(name)
+	}
+	return e.split(recs, outbox.Attributes, name, quoted, lim)
 }
 
 // AttributeKeys names the attributes to request, by scope.
@@ -113,8 +105,6 @@ type attrReply struct {
 	value    any
 	hasValue bool
 	values   map[string]any
-	client   map[string]any // combined form only
-	shared   map[string]any
 }
 
 // RequestAttributes asks ThingsBoard for a device's client and/or shared
@@ -124,8 +114,12 @@ type attrReply struct {
 // ctx ends; a ctx without deadline gets the request timeout
 // (WithRequestTimeout), because the server sends no reply when the request
 // fails on its side. It fails with ErrConnectionLost if the connection
-// drops meanwhile, with ErrNotConnected if it is down.
+// drops meanwhile. Device(device).RequestAttributes is the same call.
 func (g *Gateway) RequestAttributes(ctx context.Context, device string, keys AttributeKeys) (AttributeValues, error) {
+	return g.requestAttributes(ctx, device, keys)
+}
+
+func (g *Gateway) requestAttributes(ctx context.Context, device string, keys AttributeKeys) (AttributeValues, error) {
 	out := AttributeValues{Client: Values{}, Shared: Values{}}
 	if err := checkDeviceName(device); err != nil {
 		return out, err
@@ -147,15 +141,11 @@ func (g *Gateway) RequestAttributes(ctx context.Context, device string, keys Att
 		into   Values
 	}
 	var scopes []scope
-	if g.opts.combinedAttrRequests {
-		scopes = []scope{{}}
-	} else {
-		if len(keys.Client) > 0 {
-			scopes = append(scopes, scope{keys.Client, true, out.Client})
-		}
-		if len(keys.Shared) > 0 {
-			scopes = append(scopes, scope{keys.Shared, false, out.Shared})
-		}
+	if len(keys.Client) > 0 {
+		scopes = append(scopes, scope{keys.Client, true, out.Client})
+	}
+	if len(keys.Shared) > 0 {
+		scopes = append(scopes, scope{keys.Shared, false, out.Shared})
 	}
 	// Send every request before waiting, so that two scopes cost one round
 	// trip.
@@ -174,12 +164,7 @@ func (g *Gateway) RequestAttributes(ctx context.Context, device string, keys Att
 		key := attrKey{device, g.newID()}
 		ch, _ := g.req.attrReqs.Add(key)
 		waits = append(waits, sent{sc, key, ch})
-		var payload []byte
-		if g.opts.combinedAttrRequests {
-			payload = encodeCombinedAttrRequest(key.id, device, keys)
-		} else {
-			payload = encodeAttrRequest(key.id, device, sc.client, sc.keys)
-		}
+		payload := encodeAttrRequest(key.id, device, sc.client, sc.keys)
 		if err := g.publish(ctx, &outbox.Record{Topic: topicGatewayAttrRequest, Body: payload, DeviceName: device}); err != nil {
 			return out, err
 		}
@@ -189,11 +174,6 @@ func (g *Gateway) RequestAttributes(ctx context.Context, device string, keys Att
 		if err != nil {
 			return out, fmt.Errorf("tbgateway: attribute request %d for %q: %w", w.key.id, device, err)
 		}
-		if g.opts.combinedAttrRequests {
-			mergeInto(out.Client, r.client)
-			mergeInto(out.Shared, r.shared)
-			continue
-		}
 		mergeInto(w.into, r.values)
 		// A reply to a single-key request carries "value" without the key
 		// name: it belongs to the one key that was asked for.
@@ -202,11 +182,6 @@ func (g *Gateway) RequestAttributes(ctx context.Context, device string, keys Att
 		}
 	}
 	return out, nil
-}
-
-// RequestAttributes is Gateway.RequestAttributes for this device.
-func (d *Device) RequestAttributes(ctx context.Context, keys AttributeKeys) (AttributeValues, error) {
-	return d.g.RequestAttributes(ctx, d.Name(), keys)
 }
 
 func mergeInto(dst Values, src map[string]any) {
@@ -233,22 +208,6 @@ func encodeAttrRequest(id int32, device string, client bool, keys []string) []by
 		b = append(b, `,"keys":`...)
 		b = appendStrings(b, keys)
 	}
-	return append(b, '}')
-}
-
-// encodeCombinedAttrRequest builds the documented form
-// {"id":N,"device":D,"client":[...],"shared":[...]}, sent only with
-// WithCombinedAttributeRequests.
-func encodeCombinedAttrRequest(id int32, device string, keys AttributeKeys) []byte {
-	b := make([]byte, 0, 64+len(device))
-	b = append(b, `{"id":`...)
-	b = strconv.AppendInt(b, int64(id), 10)
-	b = append(b, `,"device":`...)
-	b = jsonx.AppendString(b, device)
-	b = append(b, `,"client":`...)
-	b = appendStrings(b, keys.Client)
-	b = append(b, `,"shared":`...)
-	b = appendStrings(b, keys.Shared)
 	return append(b, '}')
 }
 
@@ -295,8 +254,6 @@ func decodeAttributeResponse(payload []byte) (attrKey, attrReply, error) {
 			return attrKey{}, r, errors.New("values is not an object")
 		}
 	}
-	r.client, _ = m["client"].(map[string]any)
-	r.shared, _ = m["shared"].(map[string]any)
 	return attrKey{device, int32(id)}, r, nil
 }
 
@@ -308,44 +265,24 @@ type AttributeUpdate struct {
 }
 
 // AttributeHandler receives shared-attribute updates. Handlers run one at a
-// time, in arrival order, on a goroutine of the gateway; ctx ends when the
-// gateway closes. A panic is recovered and counted in Stats.
-type AttributeHandler func(ctx context.Context, u AttributeUpdate)
-
-type attrHandlers struct {
-	all       AttributeHandler
-	perDevice map[string]AttributeHandler // "" is the gateway itself
+// time, in arrival order, on a goroutine of the gateway, never on the MQTT
+// network goroutine; ctx ends when the gateway closes. A panic is
+// recovered and counted in Stats.HandlerPanics.
+type AttributeHandler interface {
+	HandleAttributes(ctx context.Context, u AttributeUpdate)
 }
+
+// AttributeHandlerFunc adapts a function to AttributeHandler.
+type AttributeHandlerFunc func(ctx context.Context, u AttributeUpdate)
+
+// HandleAttributes calls f.
+func (f AttributeHandlerFunc) HandleAttributes(ctx context.Context, u AttributeUpdate) { f(ctx, u) }
 
 // OnAttributeUpdate sets the handler for shared-attribute updates of every
-// device that has no handler of its own (nil removes it). Updates reach the
-// gateway even before it subscribes, for every connected device.
-func (g *Gateway) OnAttributeUpdate(h AttributeHandler) {
-	g.hs.mu.Lock()
-	g.hs.attr.all = h
-	g.hs.mu.Unlock()
-}
-
-// OnAttributeUpdate sets this device's own handler, which takes precedence
-// over the gateway-wide one (nil removes it).
-func (d *Device) OnAttributeUpdate(h AttributeHandler) { d.g.setDeviceAttrHandler(d.Name(), h) }
-
-// OnAttributeUpdate sets the handler for the gateway's own shared
-// attributes (v1/devices/me/attributes).
-func (s *GatewayDevice) OnAttributeUpdate(h AttributeHandler) { s.g.setDeviceAttrHandler("", h) }
-
-func (g *Gateway) setDeviceAttrHandler(device string, h AttributeHandler) {
-	g.hs.mu.Lock()
-	defer g.hs.mu.Unlock()
-	if g.hs.attr.perDevice == nil {
-		g.hs.attr.perDevice = make(map[string]AttributeHandler)
-	}
-	if h == nil {
-		delete(g.hs.attr.perDevice, device)
-	} else {
-		g.hs.attr.perDevice[device] = h
-	}
-}
+// device behind the gateway that has no handler of its own (nil removes
+// it). Updates reach the gateway even before it subscribes, for every
+// connected device.
+func (g *Gateway) OnAttributeUpdate(h AttributeHandler) { g.hs.setAttr(anyDevice, h) }
 
 // onAttributeUpdate handles v1/gateway/attributes. The server sends
 // {"device":D,"data":{...}}; a plain broker also hands back our own
@@ -430,29 +367,21 @@ func splitUpdate(device string, data map[string]any) AttributeUpdate {
 // against the lane's byte bound.
 func (g *Gateway) deliverUpdate(u AttributeUpdate, size int) {
 	device := u.Device
-	g.hs.mu.RLock()
-	h := g.hs.attr.perDevice[device]
-	if h == nil && device != "" {
-		h = g.hs.attr.all
-	}
-	g.hs.mu.RUnlock()
+	h := g.hs.attrFor(device)
 	if h == nil {
 		g.log.Debug("tbgateway: attribute update without handler", "device", device)
 		return
 	}
-	if !g.lanes.updates.Submit(func() { h(g.life.ctx, u) }, size) {
+	if !g.lanes.updates.Submit(func() { h.HandleAttributes(g.life.ctx, u) }, size) {
 		g.stats.handlerDropped.Add(1)
 		g.log.Warn("tbgateway: attribute update dropped: handler queue full", "device", device)
 	}
 }
 
-// RequestAttributes asks for the gateway's own attributes on
+// requestOwnAttributes asks for the gateway's own attributes on
 // v1/devices/me/attributes/request/{id}. With no keys at all the server
-// returns every client and shared attribute. Keys must not contain commas:
-// the device API sends them as comma-separated lists. Blocking and timeout
-// are those of Gateway.RequestAttributes.
-func (s *GatewayDevice) RequestAttributes(ctx context.Context, keys AttributeKeys) (AttributeValues, error) {
-	g := s.g
+// returns every client and shared attribute.
+func (g *Gateway) requestOwnAttributes(ctx context.Context, keys AttributeKeys) (AttributeValues, error) {
 	out := AttributeValues{Client: Values{}, Shared: Values{}}
 	for _, k := range append(keys.Client[:len(keys.Client):len(keys.Client)], keys.Shared...) {
 		if k == "" || strings.Contains(k, ",") {

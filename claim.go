@@ -26,12 +26,20 @@ type ClaimRequest struct {
 // v1/gateway/claim message. The server answers only with the PUBACK; it
 // blocks until then (QoS 1) or ctx ends.
 func (g *Gateway) Claim(ctx context.Context, claims map[string]ClaimRequest) error {
+	recs, err := g.claimRecords(claims)
+	if err != nil {
+		return err
+	}
+	return g.send(ctx, recs)
+}
+
+func (g *Gateway) claimRecords(claims map[string]ClaimRequest) ([]*outbox.Record, error) {
 	e := getEncoder()
 	defer e.release()
 	if err := e.claims(claims); err != nil {
-		return err
+		return nil, err
 	}
-	return g.publish(ctx, &outbox.Record{Topic: topicGatewayClaim, Body: e.payload()})
+	return g.out.whole(&outbox.Record{Topic: topicGatewayClaim, Body: e.payload()})
 }
 
 // claims writes {"device":{"secretKey":..,"durationMs":..},...}.
@@ -57,21 +65,6 @@ func (e *encoder) claims(claims map[string]ClaimRequest) error {
 	}
 	e.buf = append(e.buf, '}')
 	return nil
-}
-
-// Claim is Gateway.Claim for this device.
-func (d *Device) Claim(ctx context.Context, c ClaimRequest) error {
-	return d.g.Claim(ctx, map[string]ClaimRequest{d.Name(): c})
-}
-
-// Claim opens a claiming window for the gateway device itself on
-// v1/devices/me/claim.
-func (s *GatewayDevice) Claim(ctx context.Context, c ClaimRequest) error {
-	b, err := appendClaim(nil, "", c)
-	if err != nil {
-		return err
-	}
-	return s.g.publish(ctx, &outbox.Record{Topic: topicSelfClaim, Body: b})
 }
 
 // appendClaim writes {"secretKey":..,"durationMs":..}, leaving out members

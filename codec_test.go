@@ -244,7 +244,7 @@ func TestGolden(t *testing.T) {
 func TestNeverSend(t *testing.T) {
 	vectors := loadVectors(t, "never-send.json")
 	tries := map[string]func() error{
-		"attribute-request-doc-array-form": nil, // only with WithCombinedAttributeRequests, checked in the wire tests
+		"attribute-request-doc-array-form": nil, // no call builds it: one scope per request (TestAttributeRequestNeverCombined)
 		"attribute-request-comma-key":      nil, // the gateway form has no comma splitting; a comma key is asked for literally
 		"telemetry-object-not-array": func() error {
 			_, err := encodeWith(func(e *encoder) error { return e.deviceTelemetry("Device A", []Entry{{TS: 1}}) })

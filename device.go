@@ -17,16 +17,16 @@ const (
 
 // Device is a handle on one device behind the gateway. It is cheap, safe
 // for concurrent use, and stays valid after Disconnect: publishing through
-// it again makes ThingsBoard reconnect the device implicitly.
-type Device struct {
-	g      *Gateway
-	name   string
-	quoted string // name as a JSON string, quoted once for all its calls
-}
+// it again makes ThingsBoard reconnect the device implicitly. Its verbs
+// are those of every device handle (GatewayDevice has the same).
+type Device struct{ handle }
 
 // Name returns the device's ThingsBoard name; after ThingsBoard renamed
 // the device (DeviceRenamed), the new one.
-func (d *Device) Name() string { return d.g.reg.current(d.name) }
+func (d *Device) Name() string {
+	name, _ := d.current()
+	return name
+}
 
 // Profile returns the device profile it was connected with, "" when it is
 // not connected through this gateway or was connected without a profile.
@@ -71,7 +71,7 @@ func (g *Gateway) Connect(ctx context.Context, name string, opts ...ConnectOptio
 // Device returns a handle for name without announcing it. ThingsBoard
 // creates an unknown device with the "default" profile on its first data.
 func (g *Gateway) Device(name string) *Device {
-	return &Device{g: g, name: name, quoted: string(jsonx.AppendString(nil, name))}
+	return &Device{handle{g: g, name: name, quoted: string(jsonx.AppendString(nil, name))}}
 }
 
 // Disconnect tells ThingsBoard on v1/gateway/disconnect that the device is

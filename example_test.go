@@ -79,12 +79,12 @@ func ExampleDevice_PublishTelemetryAsync() {
 		points[0] = tbgateway.Float64("power", 1.5+float64(i)/10)
 		points[1] = tbgateway.Int("pulses", 1000+i)
 		acked.Add(1)
-		err := meter.PublishTelemetryAsync(ctx, func(err error) {
+		err := meter.PublishTelemetryAsync(ctx, []tbgateway.Entry{{TS: 1700000000000 + int64(i)*1000, Points: points}}, func(err error) {
 			if err != nil {
 				fmt.Println("lost:", err)
 			}
 			acked.Done()
-		}, tbgateway.Entry{TS: 1700000000000 + int64(i)*1000, Points: points})
+		})
 		if err != nil {
 			fmt.Println(err)
 			acked.Done()
@@ -116,7 +116,7 @@ func ExampleDevice_RequestAttributes() {
 	// Output: <nil> map[firmware:2.1] map[mode:eco setpoint:21.5]
 }
 
-func ExampleDevice_OnRPCMethod() {
+func ExampleRPCMux() {
 	srv := tbtest.NewServer(nil)
 	defer srv.Close()
 	ctx := context.Background()
@@ -124,16 +124,18 @@ func ExampleDevice_OnRPCMethod() {
 	defer gw.Close(ctx)
 
 	relay, _ := gw.Connect(ctx, "Relay")
-	relay.OnRPCMethod("setState", tbgateway.RPCHandlerFunc(func(ctx context.Context, r *tbgateway.RPCRequest) (any, error) {
+	mux := tbgateway.NewRPCMux()
+	mux.HandleFunc("setState", func(ctx context.Context, r *tbgateway.RPCRequest) (any, error) {
 		var p struct{ On bool }
 		if err := r.Bind(&p); err != nil {
 			return nil, err
 		}
 		return map[string]any{"on": p.On}, nil
-	}))
-	gw.OnRPC(tbgateway.RPCHandlerFunc(func(ctx context.Context, r *tbgateway.RPCRequest) (any, error) {
-		return nil, fmt.Errorf("unsupported method %q", r.Method)
-	}))
+	})
+	mux.HandleFunc("", func(ctx context.Context, r *tbgateway.RPCRequest) (any, error) {
+		return nil, fmt.Errorf("unsupported method %q", r.Method) // every other method
+	})
+	relay.OnRPC(mux)
 
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -154,7 +156,7 @@ func ExampleGateway_OnAttributeUpdate() {
 	defer gw.Close(ctx)
 
 	updates := make(chan tbgateway.AttributeUpdate, 2)
-	gw.OnAttributeUpdate(func(ctx context.Context, u tbgateway.AttributeUpdate) { updates <- u })
+	gw.OnAttributeUpdate(tbgateway.AttributeHandlerFunc(func(ctx context.Context, u tbgateway.AttributeUpdate) { updates <- u }))
 	_, _ = gw.Connect(ctx, "Lamp")
 
 	srv.SetSharedAttributes("Lamp", map[string]any{"brightness": 80})
@@ -213,7 +215,7 @@ func ExampleWithOfflineStart() {
 	cancel()
 	fmt.Println("connect queued:", errors.Is(err, tbgateway.ErrEnqueued))
 	done := make(chan error, 1)
-	_ = gw.Device("Meter 1").PublishTelemetryAsync(ctx, func(err error) { done <- err }, tbgateway.Entry{TS: 1700000000000, Values: tbgateway.Values{"kwh": 12}})
+	_ = gw.Device("Meter 1").PublishTelemetryAsync(ctx, []tbgateway.Entry{{TS: 1700000000000, Values: tbgateway.Values{"kwh": 12}}}, func(err error) { done <- err })
 
 	_ = srv.Start() // the network comes up
 	fmt.Println("delivered:", <-done)

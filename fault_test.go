@@ -43,7 +43,7 @@ func (p streamPlan) stream(ctx context.Context, g *tb.Gateway) error {
 				es = append(es, tb.Entry{TS: int64(1_000_000 + i), Values: tb.Values{"n": i}})
 			}
 			wg.Add(1)
-			if err := dev.PublishTelemetryAsync(ctx, func(err error) { fail(err); wg.Done() }, es...); err != nil {
+			if err := dev.PublishTelemetryAsync(ctx, es, func(err error) { fail(err); wg.Done() }); err != nil {
 				wg.Done()
 				return err
 			}

@@ -1,41 +1,3 @@
-// Package tbgateway is a client for the ThingsBoard MQTT Gateway API: one
-// MQTT connection, authenticated as a ThingsBoard gateway device, that
-// carries telemetry, attributes, RPC and claims for the many devices behind
-// it, plus the gateway's own device API (v1/devices/me/*).
-//
-// Dial opens the connection; Connect announces a device behind the gateway
-// and returns a *Device handle; the Publish, Request and Claim calls build
-// the v1/gateway/* payloads exactly as the ThingsBoard server parses them.
-// Every call that waits takes a context. Handlers for RPC and shared
-// attribute updates run on the gateway's own goroutines, never on the MQTT
-// network goroutine, so a slow or panicking handler cannot stall the
-// connection.
-//
-// # The connection's life
-//
-// One goroutine of the gateway owns the connection and moves it through
-// these states, each connection with a new MQTT client and a clean
-// session:
-//
-//	connecting → starting → up → waiting (back-off) → connecting → …
-//
-// Starting subscribes to the downlink topics and asks getSessionLimits,
-// both at once, and waits for the SUBACK and the answer (at most
-// DefaultLimitsWait; a plain MQTT broker is recognised at once), so that
-// data is paced under the server's limits from its first byte. Up
-// releases the sender. On every new connection the sender announces each
-// device connected through the gateway (v1/gateway/connect) right before
-// that device's first data, so no data reaches the server ahead of its
-// device's connect, and devices with nothing to send are announced in
-// between; recovery therefore takes a few round trips plus one per
-// in-flight window of devices. When a connection ends, whatever it never
-// acknowledged is taken back, in order, and sent again on the next one
-// behind the announcements (at least once: it may reach the server twice,
-// counted in Stats.Resent). A link on which nothing arrives for 1.5 ×
-// keep-alive is presumed dead and cut. Attempts back off exponentially
-// with jitter from 250 ms up to WithMaxReconnectDelay, and start over once
-// a connection stayed up for 2 s. WithConnectionListener is told of Up,
-// Down and Reconnecting, in order.
 package tbgateway
 
 import (
@@ -281,23 +243,23 @@ type ConnectionState int
 
 // Connection states reported to WithConnectionListener.
 const (
-	// Up: connected, subscribed and the session limits known; data flows,
-	// each device's behind its announcement.
-	Up ConnectionState = iota + 1
-	// Down: the connection was lost; data is queued meanwhile.
-	Down
-	// Reconnecting: an attempt to reconnect is starting.
-	Reconnecting
+	// StateUp: connected, subscribed and the session limits known; data
+	// flows, each device's behind its announcement.
+	StateUp ConnectionState = iota + 1
+	// StateDown: the connection was lost; data is queued meanwhile.
+	StateDown
+	// StateReconnecting: an attempt to reconnect is starting.
+	StateReconnecting
 )
 
 // String returns the state's name.
 func (s ConnectionState) String() string {
 	switch s {
-	case Up:
+	case StateUp:
 		return "up"
-	case Down:
+	case StateDown:
 		return "down"
-	case Reconnecting:
+	case StateReconnecting:
 		return "reconnecting"
 	}
 	return "unknown"

@@ -2,39 +2,85 @@ package tbgateway
 
 import "sync"
 
-// handlers holds the application's attribute and RPC handlers, and the
-// RPCs whose handler has not answered yet (to drop duplicate deliveries).
+// handlers holds the application's attribute and RPC handlers, by device
+// ("" is the gateway itself, anyDevice the gateway-wide default for the
+// devices behind it), and the RPCs whose handler has not answered yet (to
+// drop duplicate deliveries).
 type handlers struct {
 	mu      sync.RWMutex
-	attr    attrHandlers
-	rpc     rpcHandlers
+	rpc     map[string]RPCHandler
+	attr    map[string]AttributeHandler
 	running map[rpcKey]struct{}
+}
+
+// anyDevice keys the gateway-wide handlers; no device name is empty, so
+// none can be this one either.
+const anyDevice = "\x00any"
+
+func setHandler[H comparable](m *map[string]H, key string, h H) {
+	var none H
+	if h == none {
+		delete(*m, key)
+		return
+	}
+	if *m == nil {
+		*m = make(map[string]H)
+	}
+	(*m)[key] = h
+}
+
+func (h *handlers) setRPC(device string, x RPCHandler) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	setHandler(&h.rpc, device, x)
+}
+
+func (h *handlers) setAttr(device string, x AttributeHandler) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	setHandler(&h.attr, device, x)
+}
+
+// lookup resolves a device's handler: its own, else, for a device behind
+// the gateway, the gateway-wide one.
+func lookup[H comparable](m map[string]H, device string) H {
+	if x, ok := m[device]; ok || device == "" {
+		return x
+	}
+	return m[anyDevice]
+}
+
+func (h *handlers) rpcFor(device string) RPCHandler {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return lookup(h.rpc, device)
+}
+
+func (h *handlers) attrFor(device string) AttributeHandler {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return lookup(h.attr, device)
 }
 
 // forget drops a deleted device's handlers.
 func (h *handlers) forget(name string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.attr.perDevice, name)
-	delete(h.rpc.devices, name)
-	delete(h.rpc.dMethods, name)
+	delete(h.attr, name)
+	delete(h.rpc, name)
 }
 
 // rename moves a renamed device's handlers to its new name.
 func (h *handlers) rename(old, renamed string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if x, ok := h.attr.perDevice[old]; ok {
-		delete(h.attr.perDevice, old)
-		h.attr.perDevice[renamed] = x
+	if x, ok := h.attr[old]; ok {
+		delete(h.attr, old)
+		h.attr[renamed] = x
 	}
-	if x, ok := h.rpc.devices[old]; ok {
-		delete(h.rpc.devices, old)
-		h.rpc.devices[renamed] = x
-	}
-	if x, ok := h.rpc.dMethods[old]; ok {
-		delete(h.rpc.dMethods, old)
-		h.rpc.dMethods[renamed] = x
+	if x, ok := h.rpc[old]; ok {
+		delete(h.rpc, old)
+		h.rpc[renamed] = x
 	}
 }
 

@@ -47,7 +47,7 @@ func TestStreamUnderServerLimits(t *testing.T) {
 			errs <- dev.PublishTelemetry(ctx, big...)
 			for i := entries / 2; i < entries; i++ {
 				acks.Add(1)
-				errs <- dev.PublishTelemetryAsync(ctx, func(err error) { errs <- err; acks.Done() }, pointEntry(i, keys))
+				errs <- dev.PublishTelemetryAsync(ctx, []tb.Entry{pointEntry(i, keys)}, func(err error) { errs <- err; acks.Done() })
 			}
 		}()
 	}

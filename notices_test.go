@@ -55,7 +55,7 @@ func TestDeviceHandleName(t *testing.T) {
 	for _, name := range []string{`Pump "7"`, "Line\u2028Sep", "Tab\there", "Ünïcode ✓", `back\slash`} {
 		d := g.Device(name)
 		require.NoError(t, d.PublishTelemetry(ctx, tb.Entry{TS: 1, Points: []tb.Point{tb.Int("n", 1)}}))
-		require.NoError(t, d.PublishTelemetryAsync(ctx, nil, tb.Entry{TS: 2, Points: []tb.Point{tb.Int("n", 2)}}))
+		require.NoError(t, d.PublishTelemetryAsync(ctx, []tb.Entry{{TS: 2, Points: []tb.Point{tb.Int("n", 2)}}}, nil))
 		require.NoError(t, srv.WaitFor(ctx, func() bool { return srv.TelemetryCount(name) == 2 }), name)
 	}
 	assert.Empty(t, srv.Rejections())
@@ -69,7 +69,7 @@ func TestConnectionListener(t *testing.T) {
 		mu.Lock()
 		states = append(states, e.State)
 		mu.Unlock()
-		if e.State == tb.Down {
+		if e.State == tb.StateDown {
 			assert.Error(t, e.Err)
 		}
 	}))
@@ -80,10 +80,10 @@ func TestConnectionListener(t *testing.T) {
 		return len(states) >= 4
 	}, wait, 5*time.Millisecond)
 	mu.Lock()
-	assert.Equal(t, []tb.ConnectionState{tb.Up, tb.Down, tb.Reconnecting, tb.Up}, states[:4])
+	assert.Equal(t, []tb.ConnectionState{tb.StateUp, tb.StateDown, tb.StateReconnecting, tb.StateUp}, states[:4])
 	mu.Unlock()
 	assert.True(t, g.Connected())
-	assert.Equal(t, "reconnecting", tb.Reconnecting.String())
+	assert.Equal(t, "reconnecting", tb.StateReconnecting.String())
 }
 
 // TestSessionRefresh: a device that sends nothing is announced again before

@@ -40,25 +40,25 @@ const (
 type OverflowPolicy int
 
 const (
-	// Block waits for room until the call's context ends (the default).
-	Block OverflowPolicy = iota
-	// FailFast returns ErrQueueFull at once.
-	FailFast
-	// DropOldest evicts the oldest queued data, whose callers get
+	// OverflowBlock waits for room until the call's context ends (the default).
+	OverflowBlock OverflowPolicy = iota
+	// OverflowFailFast returns ErrQueueFull at once.
+	OverflowFailFast
+	// OverflowDropOldest evicts the oldest queued data, whose callers get
 	// ErrDropped; evictions are counted in Stats.Dropped. Data the sender
 	// is already packing into a message is being sent and is not evicted;
 	// when only that could make room, the call waits as with Block.
-	DropOldest
+	OverflowDropOldest
 )
 
 // String returns the policy's name.
 func (p OverflowPolicy) String() string {
 	switch p {
-	case Block:
+	case OverflowBlock:
 		return "block"
-	case FailFast:
+	case OverflowFailFast:
 		return "fail-fast"
-	case DropOldest:
+	case OverflowDropOldest:
 		return "drop-oldest"
 	}
 	return "unknown"
@@ -77,7 +77,6 @@ type options struct {
 	maxPayloadSize               int
 	handlerQueue, rpcWorkers     int
 	handlerBytes                 int
-	combinedAttrRequests         bool
 	paho                         []func(*mqtt.ClientOptions)
 	queueMsgs, queueBytes        int
 	overflow                     outbox.Policy
@@ -331,18 +330,6 @@ func WithHandlerQueueBytes(n int) Option {
 	}
 }
 
-// WithCombinedAttributeRequests sends attribute requests in the form the
-// ThingsBoard documentation shows, {"client":[...],"shared":[...]}, one
-// message for both scopes. Current servers close the connection on it; use
-// it only with a server known to accept it. By default each scope is asked
-// for separately in the form the server accepts.
-func WithCombinedAttributeRequests() Option {
-	return func(o *options) error {
-		o.combinedAttrRequests = true
-		return nil
-	}
-}
-
 // WithPahoOptions adjusts the underlying paho client options after
 // tbgateway has set its own; an escape hatch for settings it does not
 // cover. Changing the handlers tbgateway installs breaks it.
@@ -370,11 +357,11 @@ func WithQueue(maxMessages, maxBytes int, policy OverflowPolicy) Option {
 			return invalid("queue bounds %d messages, %d bytes", maxMessages, maxBytes)
 		}
 		switch policy {
-		case Block:
+		case OverflowBlock:
 			o.overflow = outbox.Block
-		case FailFast:
+		case OverflowFailFast:
 			o.overflow = outbox.FailFast
-		case DropOldest:
+		case OverflowDropOldest:
 			o.overflow = outbox.DropOldest
 		default:
 			return invalid("overflow policy %d", policy)

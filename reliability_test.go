@@ -30,10 +30,9 @@ func TestPoisonMessageSetAside(t *testing.T) {
 	g := dialTB(t, srv, tb.WithoutSessionLimits(), tb.WithMaxReconnectDelay(50*time.Millisecond), tb.WithMaxInflight(1))
 	ctx := ctxT(t)
 	poison := make(chan error, 1)
-	require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, func(err error) { poison <- err },
-		tb.Entry{TS: 1, Values: tb.Values{"blob": strings.Repeat("x", 2000)}}))
+	require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, []tb.Entry{{TS: 1, Values: tb.Values{"blob": strings.Repeat("x", 2000)}}}, func(err error) { poison <- err }))
 	for i := 0; i < 5; i++ {
-		require.NoError(t, g.Device("B").PublishTelemetryAsync(ctx, nil, tb.Entry{TS: int64(10 + i), Values: tb.Values{"n": i}}))
+		require.NoError(t, g.Device("B").PublishTelemetryAsync(ctx, []tb.Entry{{TS: int64(10 + i), Values: tb.Values{"n": i}}}, nil))
 	}
 	select {
 	case err := <-poison:
@@ -85,7 +84,7 @@ func TestDurableChild(t *testing.T) {
 			batch[j] = tb.Entry{TS: int64(1 + n), Values: tb.Values{"n": n}}
 		}
 		dev := fmt.Sprintf("dev-%d", i%4)
-		if err := g.Device(dev).PublishTelemetryAsync(context.Background(), nil, batch...); err != nil {
+		if err := g.Device(dev).PublishTelemetryAsync(context.Background(), batch, nil); err != nil {
 			fmt.Println("publish:", err)
 			os.Exit(3)
 		}
@@ -158,11 +157,11 @@ func TestOverflowPolicies(t *testing.T) {
 		policy tb.OverflowPolicy
 		check  func(t *testing.T, g *tb.Gateway, first <-chan error, err error)
 	}{
-		{tb.FailFast, func(t *testing.T, g *tb.Gateway, _ <-chan error, err error) {
+		{tb.OverflowFailFast, func(t *testing.T, g *tb.Gateway, _ <-chan error, err error) {
 			assert.ErrorIs(t, err, tb.ErrQueueFull)
 			assert.Equal(t, uint64(1), g.Stats().Refused)
 		}},
-		{tb.DropOldest, func(t *testing.T, g *tb.Gateway, first <-chan error, err error) {
+		{tb.OverflowDropOldest, func(t *testing.T, g *tb.Gateway, first <-chan error, err error) {
 			require.NoError(t, err)
 			select {
 			case e := <-first:
@@ -172,7 +171,7 @@ func TestOverflowPolicies(t *testing.T) {
 			}
 			assert.Equal(t, uint64(1), g.Stats().Dropped)
 		}},
-		{tb.Block, func(t *testing.T, g *tb.Gateway, _ <-chan error, err error) {
+		{tb.OverflowBlock, func(t *testing.T, g *tb.Gateway, _ <-chan error, err error) {
 			assert.ErrorIs(t, err, context.DeadlineExceeded)
 		}},
 	} {
@@ -183,13 +182,13 @@ func TestOverflowPolicies(t *testing.T) {
 			require.Eventually(t, func() bool { return !g.Connected() }, wait, time.Millisecond)
 			ctx := ctxT(t)
 			first := make(chan error, 1)
-			require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, func(err error) { first <- err }, tb.Entry{TS: 1, Values: tb.Values{"n": 1}}))
+			require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, []tb.Entry{{TS: 1, Values: tb.Values{"n": 1}}}, func(err error) { first <- err }))
 			for i := 2; i <= 3; i++ {
-				require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, nil, tb.Entry{TS: int64(i), Values: tb.Values{"n": i}}))
+				require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, []tb.Entry{{TS: int64(i), Values: tb.Values{"n": i}}}, nil))
 			}
 			short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 			defer cancel()
-			err := g.Device("A").PublishTelemetryAsync(short, nil, tb.Entry{TS: 4, Values: tb.Values{"n": 4}})
+			err := g.Device("A").PublishTelemetryAsync(short, []tb.Entry{{TS: 4, Values: tb.Values{"n": 4}}}, nil)
 			tc.check(t, g, first, err)
 		})
 	}

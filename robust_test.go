@@ -32,7 +32,7 @@ func TestHostileDownlinks(t *testing.T) {
 		handled.Add(1)
 		return nil, nil
 	}))
-	g.OnAttributeUpdate(func(context.Context, tb.AttributeUpdate) { handled.Add(1) })
+	g.OnAttributeUpdate(tb.AttributeHandlerFunc(func(context.Context, tb.AttributeUpdate) { handled.Add(1) }))
 	bad := []struct{ topic, payload string }{
 		{"v1/gateway/rpc", `{`},
 		{"v1/gateway/rpc", `[]`},
@@ -77,16 +77,18 @@ func TestHandlersOffNetworkGoroutine(t *testing.T) {
 	g := dial(t, b, tb.WithHandlerQueue(2, 1))
 	ctx := ctxT(t)
 
-	g.OnRPCMethod("panic", tb.RPCHandlerFunc(func(context.Context, *tb.RPCRequest) (any, error) { panic("boom") }))
+	mux := tb.NewRPCMux()
+	g.OnRPC(mux)
+	mux.HandleFunc("panic", func(context.Context, *tb.RPCRequest) (any, error) { panic("boom") })
 	pub.Publish(t, "v1/gateway/rpc", `{"device":"A","data":{"id":1,"method":"panic"}}`)
 	sameJSON(t, `{"device":"A","id":1,"data":{"error":"handler panicked: boom"}}`, rpcReply(t, obs, "A", 1))
 	assert.Equal(t, uint64(1), g.Stats().HandlerPanics)
 
 	release := make(chan struct{})
-	g.OnRPCMethod("block", tb.RPCHandlerFunc(func(ctx context.Context, _ *tb.RPCRequest) (any, error) {
+	mux.HandleFunc("block", func(ctx context.Context, _ *tb.RPCRequest) (any, error) {
 		<-release
 		return "late", nil
-	}))
+	})
 	// One RPC runs, two wait in the queue, the rest overflow.
 	for i := 10; i < 16; i++ {
 		pub.Publish(t, "v1/gateway/rpc", `{"device":"A","data":{"id":`+itoa(i)+`,"method":"block"}}`)
@@ -95,7 +97,7 @@ func TestHandlersOffNetworkGoroutine(t *testing.T) {
 
 	// The connection still works while the handler is stuck.
 	updates := make(chan tb.AttributeUpdate, 1)
-	g.OnAttributeUpdate(func(_ context.Context, u tb.AttributeUpdate) { updates <- u })
+	g.OnAttributeUpdate(tb.AttributeHandlerFunc(func(_ context.Context, u tb.AttributeUpdate) { updates <- u }))
 	pub.Publish(t, "v1/gateway/attributes", `{"device":"A","data":{"k":1}}`)
 	select {
 	case u := <-updates:
@@ -261,20 +263,26 @@ func TestRequestTimeoutAndCancel(t *testing.T) {
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 }
 
-func TestCombinedAttributeRequestOptIn(t *testing.T) {
+// TestAttributeRequestNeverCombined: a request for both scopes goes out as
+// two one-scope requests, the only form a released server accepts
+// (WIRE.md 10.5; the combined form of the docs closes the connection).
+func TestAttributeRequestNeverCombined(t *testing.T) {
 	b := testbroker.Start(t)
 	obs := b.Observe(t, "v1/gateway/attributes/#")
 	pub := b.Publisher(t)
-	g := dial(t, b, tb.WithCombinedAttributeRequests())
+	g := dial(t, b)
 	res := make(chan tb.AttributeValues, 1)
 	go func() {
-		r, err := g.Device("A").RequestAttributes(ctxT(t), tb.AttributeKeys{Client: []string{"k1"}, Shared: []string{"k3"}})
+		r, err := g.Device("A").RequestAttributes(ctxT(t), tb.AttributeKeys{Client: []string{"k1"}, Shared: []string{"k3", "k4"}})
 		assert.NoError(t, err)
 		res <- r
 	}()
-	sameJSON(t, `{"id":1,"device":"A","client":["k1"],"shared":["k3"]}`, obs.Wait(t, "v1/gateway/attributes/request", 1, wait)[0].Payload)
-	pub.Publish(t, "v1/gateway/attributes/response", `{"id":1,"device":"A","client":{"k1":1},"shared":{"k3":"x"}}`)
-	assert.Equal(t, tb.AttributeValues{Client: tb.Values{"k1": int64(1)}, Shared: tb.Values{"k3": "x"}}, <-res)
+	reqs := obs.Wait(t, "v1/gateway/attributes/request", 2, wait)
+	sameJSON(t, `{"id":1,"device":"A","client":true,"key":"k1"}`, reqs[0].Payload)
+	sameJSON(t, `{"id":2,"device":"A","client":false,"keys":["k3","k4"]}`, reqs[1].Payload)
+	pub.Publish(t, "v1/gateway/attributes/response", `{"id":1,"device":"A","value":1}`)
+	pub.Publish(t, "v1/gateway/attributes/response", `{"id":2,"device":"A","values":{"k3":"x","k4":true}}`)
+	assert.Equal(t, tb.AttributeValues{Client: tb.Values{"k1": int64(1)}, Shared: tb.Values{"k3": "x", "k4": true}}, <-res)
 }
 
 func TestQoS0(t *testing.T) {
@@ -398,7 +406,7 @@ func TestPublishWhileDown(t *testing.T) {
 	srv := tbtest.NewServer(t)
 	down := make(chan struct{}, 4)
 	g := dialTB(t, srv, tb.WithMaxReconnectDelay(100*time.Millisecond), tb.WithConnectionListener(func(e tb.ConnectionEvent) {
-		if e.State == tb.Down {
+		if e.State == tb.StateDown {
 			down <- struct{}{}
 		}
 	}))
@@ -418,7 +426,7 @@ func TestPublishWhileDown(t *testing.T) {
 	assert.ErrorIs(t, err, tb.ErrEnqueued)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 	done := make(chan error, 1)
-	require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, func(err error) { done <- err }, tb.Entry{TS: 2, Values: tb.Values{"n": 2}}))
+	require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, []tb.Entry{{TS: 2, Values: tb.Values{"n": 2}}}, func(err error) { done <- err }))
 	assert.Equal(t, 2, g.Stats().Queued)
 
 	require.NoError(t, srv.Start())

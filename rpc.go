@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 
 	"github.com/thingsgate/tbgateway/internal/jsonx"
 	"github.com/thingsgate/tbgateway/internal/outbox"
@@ -56,88 +57,56 @@ func (f RPCHandlerFunc) HandleRPC(ctx context.Context, req *RPCRequest) (any, er
 	return f(ctx, req)
 }
 
-// rpcHandlers resolves, most specific first: device and method, device,
-// method, any.
-type rpcHandlers struct {
-	all      RPCHandler
-	methods  map[string]RPCHandler
-	devices  map[string]RPCHandler            // "" is the gateway itself
-	dMethods map[string]map[string]RPCHandler // device -> method -> handler
-}
-
-func (h *rpcHandlers) lookup(device, method string) RPCHandler {
-	if x := h.dMethods[device][method]; x != nil {
-		return x
-	}
-	if x := h.devices[device]; x != nil {
-		return x
-	}
-	if device == "" {
-		return nil // gateway-wide handlers are for devices behind it
-	}
-	if x := h.methods[method]; x != nil {
-		return x
-	}
-	return h.all
-}
-
-func setHandler(m *map[string]RPCHandler, key string, h RPCHandler) {
-	if h == nil {
-		delete(*m, key)
-		return
-	}
-	if *m == nil {
-		*m = make(map[string]RPCHandler)
-	}
-	(*m)[key] = h
-}
-
 // OnRPC sets the handler for RPCs to every device behind the gateway that
-// has no more specific handler (nil removes it). An RPC with no handler at
-// all is answered with an error.
-func (g *Gateway) OnRPC(h RPCHandler) {
-	g.hs.mu.Lock()
-	g.hs.rpc.all = h
-	g.hs.mu.Unlock()
+// has no handler of its own (nil removes it). An RPC with no handler at
+// all is answered with an error. An RPCMux routes by method.
+func (g *Gateway) OnRPC(h RPCHandler) { g.hs.setRPC(anyDevice, h) }
+
+// RPCMux is an RPCHandler that routes each RPC to the handler registered
+// for its method, as http.ServeMux routes requests by path. An RPC whose
+// method has no handler goes to the one registered for the empty method
+// (no RPC has an empty method), and without that is answered with an
+// error. The zero value is ready to use; it is safe for concurrent use.
+type RPCMux struct {
+	mu sync.RWMutex
+	m  map[string]RPCHandler
 }
 
-// OnRPCMethod sets the handler for one method on every device (nil removes
-// it).
-func (g *Gateway) OnRPCMethod(method string, h RPCHandler) {
-	g.hs.mu.Lock()
-	setHandler(&g.hs.rpc.methods, method, h)
-	g.hs.mu.Unlock()
+// NewRPCMux returns an empty RPCMux.
+func NewRPCMux() *RPCMux { return new(RPCMux) }
+
+// Handle registers h for method (nil removes it).
+func (mux *RPCMux) Handle(method string, h RPCHandler) {
+	mux.mu.Lock()
+	defer mux.mu.Unlock()
+	setHandler(&mux.m, method, h)
 }
 
-// OnRPC sets the handler for RPCs to this device; it takes precedence over
-// the gateway's handlers (nil removes it).
-func (d *Device) OnRPC(h RPCHandler) { d.g.setDeviceRPC(d.Name(), "", h) }
+// HandleFunc registers f for method.
+func (mux *RPCMux) HandleFunc(method string, f func(ctx context.Context, req *RPCRequest) (any, error)) {
+	mux.Handle(method, RPCHandlerFunc(f))
+}
 
-// OnRPCMethod sets the handler for one method of this device, the most
-// specific handler of all (nil removes it).
-func (d *Device) OnRPCMethod(method string, h RPCHandler) { d.g.setDeviceRPC(d.Name(), method, h) }
-
-// OnRPC sets the handler for server RPCs to the gateway itself
-// (v1/devices/me/rpc/request/{id}).
-func (s *GatewayDevice) OnRPC(h RPCHandler) { s.g.setDeviceRPC("", "", h) }
-
-// OnRPCMethod sets the handler for one method called on the gateway itself.
-func (s *GatewayDevice) OnRPCMethod(method string, h RPCHandler) { s.g.setDeviceRPC("", method, h) }
-
-func (g *Gateway) setDeviceRPC(device, method string, h RPCHandler) {
-	g.hs.mu.Lock()
-	defer g.hs.mu.Unlock()
-	if method == "" {
-		setHandler(&g.hs.rpc.devices, device, h)
-		return
+// HandleRPC calls the handler registered for req.Method.
+func (mux *RPCMux) HandleRPC(ctx context.Context, req *RPCRequest) (any, error) {
+	h := mux.handler(req.Method)
+	if h == nil {
+		return nil, errNoHandler(req.Method)
 	}
-	if g.hs.rpc.dMethods == nil {
-		g.hs.rpc.dMethods = make(map[string]map[string]RPCHandler)
-	}
-	m := g.hs.rpc.dMethods[device]
-	setHandler(&m, method, h)
-	g.hs.rpc.dMethods[device] = m
+	return h.HandleRPC(ctx, req)
 }
+
+func (mux *RPCMux) handler(method string) RPCHandler {
+	mux.mu.RLock()
+	defer mux.mu.RUnlock()
+	if h, ok := mux.m[method]; ok {
+		return h
+	}
+	return mux.m[""]
+}
+
+// errNoHandler is the answer to an RPC nobody handles.
+func errNoHandler(method string) error { return fmt.Errorf("no handler for method %q", method) }
 
 type rpcKey struct {
 	device string // "" for the gateway itself
@@ -231,9 +200,7 @@ func (g *Gateway) dispatchRPC(req *RPCRequest) {
 		g.log.Warn("tbgateway: duplicate RPC dropped", "device", req.Device, "request_id", req.ID)
 		return
 	}
-	g.hs.mu.RLock()
-	h := g.hs.rpc.lookup(req.Device, req.Method)
-	g.hs.mu.RUnlock()
+	h := g.hs.rpcFor(req.Device)
 	if !g.lanes.rpcs.Submit(func() { g.serveRPC(h, req) }, len(req.Params)) {
 		g.stats.handlerDropped.Add(1)
 		g.log.Warn("tbgateway: RPC refused: handler queue full", "device", req.Device, "method", req.Method, "request_id", req.ID)
@@ -249,11 +216,14 @@ func (g *Gateway) serveRPC(h RPCHandler, req *RPCRequest) {
 		// The gateway acts on the notice itself (and tells the device
 		// listener); a user handler for the method may still answer.
 		err = g.onDeviceNotice(req)
+		if mux, ok := h.(*RPCMux); ok && mux.handler(req.Method) == nil {
+			h = nil // a mux that has no handler for it must not make the notice an error
+		}
 		if h != nil && err == nil {
 			result, err = g.callHandler(h, req)
 		}
 	case h == nil:
-		err = fmt.Errorf("no handler for method %q", req.Method)
+		err = errNoHandler(req.Method)
 	default:
 		result, err = g.callHandler(h, req)
 	}
@@ -313,39 +283,6 @@ func encodeRPCData(result any, herr error) []byte {
 	}
 	b := append([]byte(`{"error":`), jsonx.AppendString(nil, herr.Error())...)
 	return append(b, '}')
-}
-
-// Call makes a client-side RPC from the gateway itself: it publishes
-// {"method":M,"params":P} on v1/devices/me/rpc/request/{id} and returns the
-// raw reply from v1/devices/me/rpc/response/{id}. A reply of the form
-// {"error":"..."} is returned as *RPCError. params nil sends {}. It blocks
-// until the reply or ctx ends (default timeout: WithRequestTimeout).
-func (s *GatewayDevice) Call(ctx context.Context, method string, params any) (json.RawMessage, error) {
-	g := s.g
-	if method == "" {
-		return nil, fmt.Errorf("%w: empty RPC method", ErrInvalidValue)
-	}
-	b, err := encodeCall(method, params)
-	if err != nil {
-		return nil, err
-	}
-
-	ctx, cancel := g.requestContext(ctx)
-	defer cancel()
-	id := g.newOwnID()
-	ch, _ := g.req.calls.Add(id)
-	defer g.req.calls.Remove(id)
-	if err := g.publish(ctx, &outbox.Record{Topic: topicSelfRPCRequestPrefix + strconv.Itoa(int(id)), Body: b}); err != nil {
-		return nil, err
-	}
-	reply, err := await(ctx, g, ch, func() { g.req.calls.Remove(id) })
-	if err != nil {
-		return nil, fmt.Errorf("tbgateway: rpc %q: %w", method, err)
-	}
-	if msg, ok := rpcErrorOf(reply); ok {
-		return nil, &RPCError{Method: method, Message: msg}
-	}
-	return reply, nil
 }
 
 // rpcErrorOf recognises a reply that is only {"error":"message"}.
@@ -415,17 +352,6 @@ type RateLimits struct {
 	TelemetryDataPoints string `json:"telemetryDataPoints"`
 }
 
-// SessionLimits asks the server for this gateway's limits with the
-// getSessionLimits RPC. It blocks like Call. The gateway also asks on every
-// connect and applies the answer by itself (WithSessionLimits).
-func (s *GatewayDevice) SessionLimits(ctx context.Context) (SessionLimits, error) {
-	raw, err := s.Call(ctx, methodSessionLimits, nil)
-	if err != nil {
-		return SessionLimits{}, err
-	}
-	return decodeSessionLimits(raw)
-}
-
 // decodeSessionLimits reads the getSessionLimits answer.
 func decodeSessionLimits(raw []byte) (SessionLimits, error) {
 	var l SessionLimits
@@ -440,10 +366,3 @@ const methodSessionLimits = "getSessionLimits"
 func (r RateLimits) parse() (ratelimit.Limits, error) {
 	return ratelimit.ParseLimits(r.Messages, r.TelemetryMessages, r.TelemetryDataPoints)
 }
-
-// GatewayDevice is the gateway's own device API (v1/devices/me/*): its
-// telemetry, attributes, RPC and claim, as opposed to the devices behind it.
-type GatewayDevice struct{ g *Gateway }
-
-// Self returns the gateway's own device API.
-func (g *Gateway) Self() *GatewayDevice { return &g.self }

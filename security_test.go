@@ -295,15 +295,15 @@ func TestNoGoroutineLeakAfterClose(t *testing.T) {
 	require.NoError(t, err)
 
 	a.OnRPC(tb.RPCHandlerFunc(func(_ context.Context, r *tb.RPCRequest) (any, error) { return r.Params, nil }))
-	g.OnRPCMethod("slow", tb.RPCHandlerFunc(func(ctx context.Context, _ *tb.RPCRequest) (any, error) {
+	g.OnRPC(tb.RPCHandlerFunc(func(ctx context.Context, _ *tb.RPCRequest) (any, error) {
 		// Still running at Close: it must see its context end.
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}))
 	g.Self().OnRPC(tb.RPCHandlerFunc(func(context.Context, *tb.RPCRequest) (any, error) { return "pong", nil }))
 	updates := make(chan tb.AttributeUpdate, 16)
-	g.OnAttributeUpdate(func(_ context.Context, u tb.AttributeUpdate) { updates <- u })
-	b.OnAttributeUpdate(func(_ context.Context, u tb.AttributeUpdate) { updates <- u })
+	g.OnAttributeUpdate(tb.AttributeHandlerFunc(func(_ context.Context, u tb.AttributeUpdate) { updates <- u }))
+	b.OnAttributeUpdate(tb.AttributeHandlerFunc(func(_ context.Context, u tb.AttributeUpdate) { updates <- u }))
 	waitUpdate := func(device string) {
 		t.Helper()
 		select {

@@ -204,10 +204,20 @@ func (s *sender) notifyProgress() {
 // publish sends one whole message through the queue and waits for its
 // acknowledgement; see send.
 func (s *sender) publish(ctx context.Context, r *outbox.Record) error {
-	if n, max := outbox.Overhead(r.Topic, s.g.opts.qos)+len(r.Body), s.limit().max; n > max {
-		return &PayloadTooLargeError{Topic: r.Topic, Size: n, Limit: max}
+	recs, err := s.whole(r)
+	if err != nil {
+		return err
 	}
-	return s.send(ctx, r.Alone())
+	return s.send(ctx, recs)
+}
+
+// whole makes r, a whole message, the one record of a call, if it fits
+// in a message.
+func (s *sender) whole(r *outbox.Record) ([]*outbox.Record, error) {
+	if n, max := outbox.Overhead(r.Topic, s.g.opts.qos)+len(r.Body), s.limit().max; n > max {
+		return nil, &PayloadTooLargeError{Topic: r.Topic, Size: n, Limit: max}
+	}
+	return r.Alone(), nil
 }
 
 // send is the one outbound path: it queues the records of one call and

@@ -35,7 +35,7 @@ func TestMaxAgeDropsStaleData(t *testing.T) {
 	publish := func(dev string) {
 		for i := range 50 {
 			wg.Add(1)
-			require.NoError(t, g.Device(dev).PublishTelemetryAsync(ctx, func(err error) {
+			require.NoError(t, g.Device(dev).PublishTelemetryAsync(ctx, []tb.Entry{{TS: int64(i + 1), Values: tb.Values{"n": i}}}, func(err error) {
 				switch {
 				case err == nil:
 					sent.Add(1)
@@ -43,7 +43,7 @@ func TestMaxAgeDropsStaleData(t *testing.T) {
 					expired.Add(1)
 				}
 				wg.Done()
-			}, tb.Entry{TS: int64(i + 1), Values: tb.Values{"n": i}}))
+			}))
 		}
 	}
 	publish("stale")
@@ -73,7 +73,7 @@ func TestRepairedQueueCounted(t *testing.T) {
 	g, err := tb.Dial(ctx, srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithOfflineStart(), tb.WithQueueStore(q))
 	require.NoError(t, err)
 	for i := range 1000 {
-		require.NoError(t, g.Device("d").PublishTelemetryAsync(ctx, nil, tb.Entry{TS: int64(i + 1), Values: tb.Values{"n": i}}))
+		require.NoError(t, g.Device("d").PublishTelemetryAsync(ctx, []tb.Entry{{TS: int64(i + 1), Values: tb.Values{"n": i}}}, nil))
 	}
 	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	_ = g.Close(short) // offline: the queue stays on disk

@@ -105,7 +105,7 @@ func TestReannounceAfterServerDrop(t *testing.T) {
 		d.OnRPC(tb.RPCHandlerFunc(func(context.Context, *tb.RPCRequest) (any, error) { return d.Name(), nil }))
 	}
 	updates := make(chan tb.AttributeUpdate, 10)
-	g.OnAttributeUpdate(func(_ context.Context, u tb.AttributeUpdate) { updates <- u })
+	g.OnAttributeUpdate(tb.AttributeHandlerFunc(func(_ context.Context, u tb.AttributeUpdate) { updates <- u }))
 
 	for round := 0; round < 3; round++ {
 		require.True(t, srv.DropConnection(tbtest.DefaultToken))

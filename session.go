@@ -67,11 +67,11 @@ func transition(s linkState, e linkEvent) (linkState, bool) {
 func publicState(from, to linkState) (ConnectionState, bool) {
 	switch {
 	case to == linkUp:
-		return Up, true
+		return StateUp, true
 	case to == linkWaiting && from == linkUp:
-		return Down, true
+		return StateDown, true
 	case to == linkConnecting && from == linkWaiting:
-		return Reconnecting, true
+		return StateReconnecting, true
 	}
 	return 0, false
 }

@@ -45,9 +45,9 @@ func TestPublicState(t *testing.T) {
 		want     ConnectionState
 		ok       bool
 	}{
-		{linkStarting, linkUp, Up, true},
-		{linkUp, linkWaiting, Down, true},
-		{linkWaiting, linkConnecting, Reconnecting, true},
+		{linkStarting, linkUp, StateUp, true},
+		{linkUp, linkWaiting, StateDown, true},
+		{linkWaiting, linkConnecting, StateReconnecting, true},
 		{linkConnecting, linkWaiting, 0, false}, // a failed attempt: still down
 		{linkStarting, linkWaiting, 0, false},   // never reported up
 		{linkIdle, linkConnecting, 0, false},

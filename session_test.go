@@ -24,7 +24,7 @@ import (
 func upEvents() (tb.Option, <-chan time.Time) {
 	ups := make(chan time.Time, 1024)
 	return tb.WithConnectionListener(func(e tb.ConnectionEvent) {
-		if e.State == tb.Up {
+		if e.State == tb.StateUp {
 			ups <- time.Now()
 		}
 	}), ups
@@ -141,7 +141,7 @@ func TestHalfOpenLinkNoticed(t *testing.T) {
 	const ka = 2 * time.Second
 	g, err := tb.Dial(ctxT(t), px.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithKeepAlive(ka), opt,
 		tb.WithConnectionListener(func(e tb.ConnectionEvent) {
-			if e.State == tb.Down {
+			if e.State == tb.StateDown {
 				down <- time.Now()
 			}
 		}))
@@ -192,10 +192,10 @@ func TestOfflineStart(t *testing.T) {
 	var acks sync.WaitGroup
 	for i := range 100 {
 		acks.Add(1)
-		require.NoError(t, g.Device("early").PublishTelemetryAsync(ctx, func(err error) {
+		require.NoError(t, g.Device("early").PublishTelemetryAsync(ctx, []tb.Entry{{TS: int64(i + 1), Values: tb.Values{"n": i}}}, func(err error) {
 			assert.NoError(t, err)
 			acks.Done()
-		}, tb.Entry{TS: int64(i + 1), Values: tb.Values{"n": i}}))
+		}))
 	}
 	assert.Equal(t, 0, srv.TelemetryCount("early"))
 	require.NoError(t, srv.Start())
@@ -214,7 +214,7 @@ func TestOfflineStartBadCredentials(t *testing.T) {
 	g, err := tb.Dial(ctxT(t), srv.URL(), tb.WithAccessToken("wrong"), tb.WithOfflineStart(),
 		tb.WithMaxReconnectDelay(100*time.Millisecond),
 		tb.WithConnectionListener(func(e tb.ConnectionEvent) {
-			if e.State == tb.Reconnecting {
+			if e.State == tb.StateReconnecting {
 				refused.Add(1)
 			}
 		}))
@@ -259,7 +259,7 @@ func TestCloseInEveryState(t *testing.T) {
 			srv.Stop()
 			g, err := tb.Dial(ctxT(t), srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithOfflineStart())
 			require.NoError(t, err)
-			require.NoError(t, g.Device("d").PublishTelemetryAsync(ctxT(t), nil, tb.Entry{Values: tb.Values{"a": 1}}))
+			require.NoError(t, g.Device("d").PublishTelemetryAsync(ctxT(t), []tb.Entry{{Values: tb.Values{"a": 1}}}, nil))
 			return g
 		},
 		"pacing": func(t *testing.T, srv *tbtest.Server) *tb.Gateway {
@@ -267,7 +267,7 @@ func TestCloseInEveryState(t *testing.T) {
 				tb.WithRateLimits(tb.RateLimits{}, tb.RateLimits{Messages: "1:60"}), tb.WithoutSessionLimits())
 			require.NoError(t, err)
 			for i := range 5 {
-				require.NoError(t, g.Device("d").PublishTelemetryAsync(ctxT(t), nil, tb.Entry{TS: int64(i + 1), Values: tb.Values{"a": i}}))
+				require.NoError(t, g.Device("d").PublishTelemetryAsync(ctxT(t), []tb.Entry{{TS: int64(i + 1), Values: tb.Values{"a": i}}}, nil))
 			}
 			return g
 		},
@@ -300,12 +300,12 @@ func TestCloseInEveryState(t *testing.T) {
 			}
 			require.True(t, srv.DropConnection(tbtest.DefaultToken))
 			<-ups
-			require.NoError(t, g.Device("announce-a").PublishTelemetryAsync(ctxT(t), nil, tb.Entry{Values: tb.Values{"a": 1}}))
+			require.NoError(t, g.Device("announce-a").PublishTelemetryAsync(ctxT(t), []tb.Entry{{Values: tb.Values{"a": 1}}}, nil))
 			return g
 		},
 		"right after a cut": func(t *testing.T, srv *tbtest.Server) *tb.Gateway {
 			g := dialOwned(t, srv)
-			require.NoError(t, g.Device("d").PublishTelemetryAsync(ctxT(t), nil, tb.Entry{Values: tb.Values{"a": 1}}))
+			require.NoError(t, g.Device("d").PublishTelemetryAsync(ctxT(t), []tb.Entry{{Values: tb.Values{"a": 1}}}, nil))
 			require.True(t, srv.DropConnection(tbtest.DefaultToken))
 			return g
 		},
@@ -341,7 +341,7 @@ func dialOwned(t *testing.T, srv *tbtest.Server) *tb.Gateway {
 // every outcome is delivered once the callback goes on.
 func TestSlowCallbackBounded(t *testing.T) {
 	srv := tbtest.NewServer(t)
-	g := dialTB(t, srv, tb.WithQueue(1000, 1<<20, tb.Block), tb.WithMaxInflight(2))
+	g := dialTB(t, srv, tb.WithQueue(1000, 1<<20, tb.OverflowBlock), tb.WithMaxInflight(2))
 	release := make(chan struct{})
 	var called atomic.Int64
 	cb := func(err error) {
@@ -354,7 +354,7 @@ func TestSlowCallbackBounded(t *testing.T) {
 	accepted := 0
 	for i := range 20_000 {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-		err := dev.PublishTelemetryAsync(ctx, cb, tb.Entry{TS: int64(i + 1), Values: tb.Values{"n": i}})
+		err := dev.PublishTelemetryAsync(ctx, []tb.Entry{{TS: int64(i + 1), Values: tb.Values{"n": i}}}, cb)
 		cancel()
 		if err != nil {
 			require.True(t, errors.Is(err, context.DeadlineExceeded), "the publisher feels the slow callback: %v", err)

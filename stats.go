@@ -14,8 +14,8 @@ type Stats struct {
 	Resent         uint64 // messages taken back from a lost connection to send again (possible duplicates at the server)
 	Restored       uint64 // records loaded from the queue store at Dial (possible duplicates)
 	Unrestorable   uint64 // records the queue store returned at Dial that could not be decoded, dropped
-	Refused        uint64 // calls refused because the queue (or the callback lane) was full (FailFast)
-	Dropped        uint64 // records evicted by DropOldest
+	Refused        uint64 // calls refused because the queue (or the callback lane) was full (OverflowFailFast)
+	Dropped        uint64 // records evicted by OverflowDropOldest
 	Expired        uint64 // records dropped for waiting longer than WithMaxAge
 	Salvaged       uint64 // records the queue store salvaged from damaged files at open (see QueueStore)
 	LostOnDisk     uint64 // records the queue store found damaged beyond reading at open

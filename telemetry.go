@@ -151,52 +151,6 @@ func (g *Gateway) PublishTelemetryAsync(ctx context.Context, t Telemetry, done f
 	return g.enqueue(ctx, recs, done)
 }
 
-// PublishTelemetry sends entries for this device; see
-// Gateway.PublishTelemetry.
-func (d *Device) PublishTelemetry(ctx context.Context, entries ...Entry) error {
-	recs, err := d.records(entries)
-	if err != nil {
-		return err
-	}
-	return d.g.send(ctx, recs)
-}
-
-// PublishTelemetryAsync queues entries for this device; see
-// Gateway.PublishTelemetryAsync.
-func (d *Device) PublishTelemetryAsync(ctx context.Context, done func(error), entries ...Entry) error {
-	recs, err := d.records(entries)
-	if err != nil {
-		return err
-	}
-	return d.g.enqueue(ctx, recs, done)
-}
-
-func (d *Device) records(entries []Entry) ([]*outbox.Record, error) {
-	e := getEncoder()
-	defer e.release()
-	name, quoted := d.Name(), d.quoted
-	if name != d.name {
-		quoted = "" // renamed by the server
-	}
-	return e.deviceRecords(nil, name, quoted, entries, d.g.limit())
-}
-
-// PublishTelemetry sends the gateway's own telemetry on
-// v1/devices/me/telemetry; see Gateway.PublishTelemetry for blocking and
-// offline behaviour.
-func (s *GatewayDevice) PublishTelemetry(ctx context.Context, entries ...Entry) error {
-	e := getEncoder()
-	defer e.release()
-	if err := e.selfTelemetry(entries); err != nil {
-		return err
-	}
-	points := 0
-	for i := range entries {
-		points += entries[i].points()
-	}
-	return s.g.publish(ctx, &outbox.Record{Topic: topicSelfTelemetry, Body: e.payload(), Points: points})
-}
-
 func (g *Gateway) telemetryRecords(t Telemetry) ([]*outbox.Record, error) {
 	e := getEncoder()
 	defer e.release()

@@ -245,7 +245,7 @@ func TestWireDownlinks(t *testing.T) {
 	vs := vectors(t, "downlink.json")
 
 	updates := make(chan tb.AttributeUpdate, 10)
-	g.OnAttributeUpdate(func(_ context.Context, u tb.AttributeUpdate) { updates <- u })
+	g.OnAttributeUpdate(tb.AttributeHandlerFunc(func(_ context.Context, u tb.AttributeUpdate) { updates <- u }))
 	send := func(name string) { pub.Publish(t, vs[name].Topic, vs[name].Payload) }
 
 	send("shared-attribute-update")
@@ -260,7 +260,7 @@ func TestWireDownlinks(t *testing.T) {
 
 	// Per-device handlers take precedence over the gateway-wide one.
 	devUpdates := make(chan tb.AttributeUpdate, 1)
-	g.Device("Dev").OnAttributeUpdate(func(_ context.Context, u tb.AttributeUpdate) { devUpdates <- u })
+	g.Device("Dev").OnAttributeUpdate(tb.AttributeHandlerFunc(func(_ context.Context, u tb.AttributeUpdate) { devUpdates <- u }))
 	send("shared-attribute-deleted")
 	assert.Equal(t, []string{"sharedJson"}, (<-devUpdates).Deleted)
 
@@ -311,10 +311,12 @@ func TestWireDownlinks(t *testing.T) {
 	assert.Equal(t, 5, r.ID)
 	sameJSON(t, `{"device":"Dev","id":5,"data":{"ok":"getValue"}}`, rpcReply(t, obs, "Dev", 5))
 
-	// Method handlers, and errors become error objects.
-	g.OnRPCMethod("fail", tb.RPCHandlerFunc(func(context.Context, *tb.RPCRequest) (any, error) {
+	// A mux routes by method, and errors become error objects.
+	mux := tb.NewRPCMux()
+	mux.HandleFunc("fail", func(context.Context, *tb.RPCRequest) (any, error) {
 		return nil, errors.New("no such pin")
-	}))
+	})
+	g.Device("X").OnRPC(mux)
 	pub.Publish(t, "v1/gateway/rpc", `{"device":"X","data":{"id":3,"method":"fail"}}`)
 	sameJSON(t, `{"device":"X","id":3,"data":{"error":"no such pin"}}`, rpcReply(t, obs, "X", 3))
 
@@ -342,7 +344,7 @@ func TestWireDownlinks(t *testing.T) {
 	}
 
 	selfUpd := make(chan tb.AttributeUpdate, 1)
-	g.Self().OnAttributeUpdate(func(_ context.Context, u tb.AttributeUpdate) { selfUpd <- u })
+	g.Self().OnAttributeUpdate(tb.AttributeHandlerFunc(func(_ context.Context, u tb.AttributeUpdate) { selfUpd <- u }))
 	send("self-shared-update")
 	assert.Equal(t, tb.AttributeUpdate{Values: tb.Values{"pollPeriod": int64(5000)}}, <-selfUpd)
 	// The gateway's own attribute publish comes back from a plain broker on

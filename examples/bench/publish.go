@@ -118,7 +118,7 @@ func (p *sdkPublisher) fire(ctx context.Context) outcome {
 					t = time.Since(c.t0)
 					done = func(err error) { c.finish(idx, t, err) }
 				}
-				if err := dev.PublishTelemetryAsync(ctx, done, batch[:n]...); err != nil {
+				if err := dev.PublishTelemetryAsync(ctx, batch[:n], done); err != nil {
 					done(err)
 				}
 			}

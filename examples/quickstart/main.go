@@ -58,19 +58,21 @@ func run(ctx context.Context, broker, token string, duration, interval time.Dura
 	say("gateway", "connected to %s", broker)
 
 	sim := newSimulator(n)
-	gw.OnAttributeUpdate(func(_ context.Context, u tbgateway.AttributeUpdate) {
+	gw.OnAttributeUpdate(tbgateway.AttributeHandlerFunc(func(_ context.Context, u tbgateway.AttributeUpdate) {
 		say("gateway", "shared attributes of %q changed: %v (deleted %v)", u.Device, u.Values, u.Deleted)
 		if t, ok := u.Values["targetTemperature"].(float64); ok {
 			sim.setTarget(u.Device, t)
 		}
-	})
-	gw.OnRPCMethod("getState", tbgateway.RPCHandlerFunc(func(_ context.Context, r *tbgateway.RPCRequest) (any, error) {
+	}))
+	rpcs := tbgateway.NewRPCMux()
+	rpcs.HandleFunc("getState", func(_ context.Context, r *tbgateway.RPCRequest) (any, error) {
 		say("gateway", "RPC %d %s for %q", r.ID, r.Method, r.Device)
 		return sim.state(r.Device), nil
-	}))
-	gw.OnRPC(tbgateway.RPCHandlerFunc(func(_ context.Context, r *tbgateway.RPCRequest) (any, error) {
+	})
+	rpcs.HandleFunc("", func(_ context.Context, r *tbgateway.RPCRequest) (any, error) {
 		return nil, fmt.Errorf("unknown method %q", r.Method)
-	}))
+	})
+	gw.OnRPC(rpcs)
 
 	var devs []*tbgateway.Device
 	for _, name := range sim.names {

@@ -247,7 +247,7 @@ func (b *bench) run(ctx context.Context, r *result) error {
 		tb.WithAccessToken(token),
 		tb.WithMaxInflight(b.cfg.Window),
 		// Room for every device's entry while the link is down.
-		tb.WithQueue(max(tb.DefaultQueueMessages, 2*b.n), max(tb.DefaultQueueBytes, 256*b.n), tb.Block),
+		tb.WithQueue(max(tb.DefaultQueueMessages, 2*b.n), max(tb.DefaultQueueBytes, 256*b.n), tb.OverflowBlock),
 		// The gateway backs off between failed attempts up to this cap.
 		// The back-off is not measured (the clock starts at the accept of
 		// the new connection); the cap only keeps the runs short.
@@ -400,7 +400,7 @@ func (b *bench) cut(ctx context.Context, k int) (cut, error) {
 	entry := tb.Entry{TS: time.Now().UnixMilli(), Points: []tb.Point{tb.Int(phaseKey, k)}}
 	for i, d := range b.devs {
 		// The entry is encoded before the call returns: it may be reused.
-		if err := d.PublishTelemetryAsync(ctx, func(err error) { decide(i, err) }, entry); err != nil {
+		if err := d.PublishTelemetryAsync(ctx, []tb.Entry{entry}, func(err error) { decide(i, err) }); err != nil {
 			decide(i, err)
 		}
 	}
@@ -522,7 +522,7 @@ func (b *bench) waitDown(ctx context.Context) error {
 	for {
 		select {
 		case e := <-b.events:
-			if e.State == tb.Down {
+			if e.State == tb.StateDown {
 				return nil
 			}
 		case <-ctx.Done():
