@@ -228,15 +228,25 @@ func (g *Gateway) closed() bool {
 	}
 }
 
-// Connected reports whether the connection is up right now: connected,
-// subscribed, and data flowing.
-func (g *Gateway) Connected() bool {
+// State returns the connection's state: StateUp while connected,
+// StateReconnecting while an attempt is under way, else StateDown (also
+// after Close).
+func (g *Gateway) State() ConnectionState {
 	if g.closed() {
-		return false
+		return StateDown
 	}
-	s, _ := g.sess.current()
-	return s == linkUp
+	switch s, _ := g.sess.current(); s {
+	case linkUp:
+		return StateUp
+	case linkConnecting, linkStarting:
+		return StateReconnecting
+	}
+	return StateDown
 }
+
+// Connected reports whether the connection is up right now: connected,
+// subscribed, and data flowing (State is StateUp).
+func (g *Gateway) Connected() bool { return g.State() == StateUp }
 
 // ConnectionState is a state of the gateway's connection.
 type ConnectionState int

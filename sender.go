@@ -666,6 +666,9 @@ func (s *sender) onAck(m *outbox.Message) {
 	g := s.g
 	g.stats.acked.Add(1)
 	g.stats.points.Add(uint64(m.Points))
+	if !m.SentAt.IsZero() {
+		g.stats.ackLatency.observe(time.Since(m.SentAt))
+	}
 	if r := m.Records[0]; r.Kind != outbox.Raw || !r.Announce && r.Topic != topicGatewayConnect {
 		s.dataAcks.Add(1)
 	}

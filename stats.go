@@ -1,6 +1,9 @@
 package tbgateway
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // Stats is a snapshot of the gateway's counters since Dial.
 type Stats struct {
@@ -33,6 +36,50 @@ type Stats struct {
 	Announced      uint64 // devices announced again on new connections
 	Refreshed      uint64 // quiet devices announced again (WithSessionRefresh)
 	LimitsApplied  uint64 // getSessionLimits answers applied
+
+	State      ConnectionState // the connection's state now
+	AckLatency Histogram       // from handing a message to the connection to its acknowledgement
+}
+
+// AckLatencyBounds are the upper bounds of Stats.AckLatency's buckets.
+var AckLatencyBounds = []time.Duration{
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond,
+	25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
+}
+
+// Histogram is a snapshot of a latency histogram with fixed buckets.
+type Histogram struct {
+	Bounds []time.Duration // upper bounds of the buckets, ascending
+	Counts []uint64        // observations per bucket, len(Bounds)+1: the last is above every bound
+	Count  uint64          // observations
+	Sum    time.Duration   // their total
+}
+
+// histogram counts observations into AckLatencyBounds' buckets.
+type histogram struct {
+	counts [14]atomic.Uint64 // len(AckLatencyBounds)+1
+	count  atomic.Uint64
+	sum    atomic.Int64
+}
+
+func (h *histogram) observe(d time.Duration) {
+	i := 0
+	for i < len(AckLatencyBounds) && d > AckLatencyBounds[i] {
+		i++
+	}
+	h.counts[i].Add(1)
+	h.sum.Add(int64(d))
+	h.count.Add(1)
+}
+
+func (h *histogram) snapshot() Histogram {
+	s := Histogram{Bounds: AckLatencyBounds, Counts: make([]uint64, len(h.counts))}
+	for i := range h.counts {
+		s.Counts[i] = h.counts[i].Load()
+	}
+	s.Count, s.Sum = h.count.Load(), time.Duration(h.sum.Load())
+	return s
 }
 
 // counters are the gateway's counters, named after the Stats fields.
@@ -42,6 +89,7 @@ type counters struct {
 	restored, refused, droppedOverflow, poisoned, announced      atomic.Uint64
 	refreshed, limitsApplied, isolated, halfOpen, duplicateRPCs  atomic.Uint64
 	eventsLost, unrestorable, expired, salvaged, lostOnDisk      atomic.Uint64
+	ackLatency                                                   histogram
 }
 
 // Stats returns the current counters. It never blocks for long.
@@ -78,5 +126,7 @@ func (g *Gateway) Stats() Stats {
 		Announced:      s.announced.Load(),
 		Refreshed:      s.refreshed.Load(),
 		LimitsApplied:  s.limitsApplied.Load(),
+		State:          g.State(),
+		AckLatency:     s.ackLatency.snapshot(),
 	}
 }
