@@ -81,20 +81,9 @@ type lanes struct {
 // instead and keeps trying in the background. After a later connection
 // loss the gateway reconnects by itself.
 func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) {
-	o := defaultOptions()
-	for _, opt := range opts {
-		if err := opt(&o); err != nil {
-			return nil, err
-		}
-	}
-	u, err := url.Parse(broker)
-	if err != nil || u.Host == "" {
-		return nil, invalid("broker URL %q", broker)
-	}
-	switch u.Scheme {
-	case "tcp", "mqtt", "ssl", "tls", "mqtts", "tcps", "ws", "wss":
-	default:
-		return nil, invalid("broker URL scheme %q", u.Scheme)
+	o, u, err := parseDialOptions(broker, opts)
+	if err != nil {
+		return nil, err
 	}
 	if o.clientID == "" {
 		o.clientID = randomClientID()
@@ -153,6 +142,27 @@ func safeURL(u *url.URL) string {
 	v := *u
 	v.User = nil
 	return v.String()
+}
+
+// parseDialOptions applies opts over the defaults and checks the broker
+// URL.
+func parseDialOptions(broker string, opts []Option) (options, *url.URL, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return o, nil, err
+		}
+	}
+	u, err := url.Parse(broker)
+	if err != nil || u.Host == "" {
+		return o, nil, invalid("broker URL %q", broker)
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts", "tcps", "ws", "wss":
+	default:
+		return o, nil, invalid("broker URL scheme %q", u.Scheme)
+	}
+	return o, u, nil
 }
 
 // Close ends the session. While connected it first waits, until ctx ends,

@@ -6,7 +6,10 @@
 // streams telemetry and attributes, answers an RPC and a shared-attribute
 // change that the server sends, requests attributes, and prints what
 // happened on both sides. With -broker and -token it runs the same gateway
-// against a real ThingsBoard.
+// against a real ThingsBoard. With -provision-key and -provision-secret it
+// first provisions itself as a gateway device (named -name) in the device
+// profile those belong to, and runs with the credentials it was given (the
+// embedded server then has such a profile).
 package main
 
 import (
@@ -32,25 +35,46 @@ func main() {
 	duration := flag.Duration("duration", 3*time.Second, "how long to stream before exiting")
 	devices := flag.Int("devices", 3, "number of simulated sensors")
 	interval := flag.Duration("interval", 250*time.Millisecond, "telemetry period")
+	var p provisioning
+	flag.StringVar(&p.key, "provision-key", "", "provision the gateway first with this device profile's provision key")
+	flag.StringVar(&p.secret, "provision-secret", "", "... and its provision secret")
+	flag.StringVar(&p.name, "name", "quickstart-gateway", "the gateway device's name when provisioning")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *broker, *token, *duration, *interval, *devices); err != nil {
+	if err := run(ctx, *broker, *token, p, *duration, *interval, *devices); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(ctx context.Context, broker, token string, duration, interval time.Duration, n int) error {
+// provisioning is what the gateway provisions itself with, if key is set.
+type provisioning struct{ key, secret, name string }
+
+func run(ctx context.Context, broker, token string, p provisioning, duration, interval time.Duration, n int) error {
 	var srv *tbtest.Server
 	if broker == "" {
-		srv = tbtest.NewServer(nil, tbtest.WithGateway(token))
+		opts := []tbtest.Option{tbtest.WithGateway(token)}
+		if p.key != "" {
+			opts = append(opts, tbtest.WithProvisioning(tbtest.ProvisionProfile{Name: "gateways", Key: p.key, Secret: p.secret}))
+		}
+		srv = tbtest.NewServer(nil, opts...)
 		defer srv.Close()
 		broker = srv.URL()
 		say("server", "embedded ThingsBoard listening on %s", broker)
 	}
 
-	gw, err := tbgateway.Dial(ctx, broker, tbgateway.WithAccessToken(token))
+	auth := []tbgateway.Option{tbgateway.WithAccessToken(token)}
+	if p.key != "" {
+		creds, err := tbgateway.Provision(ctx, broker, tbgateway.ProvisionRequest{
+			Key: p.key, Secret: p.secret, DeviceName: p.name, Gateway: true})
+		if err != nil {
+			return fmt.Errorf("provision: %w", err)
+		}
+		say("gateway", "provisioned %q as a gateway (%s)", p.name, creds.Type)
+		auth = creds.Options()
+	}
+	gw, err := tbgateway.Dial(ctx, broker, auth...)
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}
