@@ -367,6 +367,7 @@ func splitUpdate(device string, data map[string]any) AttributeUpdate {
 // against the lane's byte bound.
 func (g *Gateway) deliverUpdate(u AttributeUpdate, size int) {
 	device := u.Device
+	g.packagesIn(u, size)
 	h := g.hs.attrFor(device)
 	if h == nil {
 		g.log.Debug("tbgateway: attribute update without handler", "device", device)
@@ -375,6 +376,35 @@ func (g *Gateway) deliverUpdate(u AttributeUpdate, size int) {
 	if !g.lanes.updates.Submit(func() { h.HandleAttributes(g.life.ctx, u) }, size) {
 		g.stats.handlerDropped.Add(1)
 		g.log.Warn("tbgateway: attribute update dropped: handler queue full", "device", device)
+	}
+}
+
+// packagesIn hands the packages an update assigns to the updater (the
+// gateway's own) or to the package handler (a device behind it).
+func (g *Gateway) packagesIn(u AttributeUpdate, size int) {
+	ps := packages(u)
+	if len(ps) == 0 {
+		return
+	}
+	if u.Device == "" {
+		if g.hs.upd != nil {
+			for _, p := range ps {
+				g.hs.upd.assign(p)
+			}
+		}
+		return
+	}
+	h := g.hs.pkgHandler()
+	if h == nil {
+		return
+	}
+	if !g.lanes.updates.Submit(func() {
+		for _, p := range ps {
+			h.HandlePackage(g.life.ctx, u.Device, p)
+		}
+	}, size) {
+		g.stats.handlerDropped.Add(1)
+		g.log.Warn("tbgateway: package assignment dropped: handler queue full", "device", u.Device)
 	}
 }
 

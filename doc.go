@@ -146,6 +146,20 @@
 // gateway itself: a renamed device keeps its handlers and handles, and
 // WithDeviceListener is told.
 //
+// # Provisioning and updates
+//
+// Provision asks ThingsBoard for a new device's (or gateway's) credentials
+// with a device profile's provision key and secret, and returns them
+// ready for Dial. WithUpdates installs the firmware and software
+// ThingsBoard assigns to the gateway itself: downloaded in chunks of the
+// server's maximum payload size, resumed across reconnects, verified
+// against every checksum algorithm ThingsBoard offers, applied by the
+// application's UpdateHandler, each step reported as fw_state. Devices
+// behind the gateway get no download topic from the server; their
+// assignments reach OnDevicePackage as a typed Package, and
+// Device.ReportUpdateState reports their steps. Note that ThingsBoard
+// stores a version string that looks like a number ("1.0") as a number.
+//
 // # Plain MQTT brokers
 //
 // The gateway also runs against a plain broker (Mosquitto, mochi), for

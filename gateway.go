@@ -111,6 +111,11 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 		}
 	}
 	g.sess = newSession(g, newDialer(g, u))
+	if o.updates != nil {
+		g.hs.upd = newUpdater(g, o.updates, o.installed)
+		g.hs.upd.wg.Add(1)
+		go g.hs.upd.run()
+	}
 	first := make(chan error, 1)
 	go g.sess.run(first)
 	go g.out.loop()
@@ -198,6 +203,15 @@ func (g *Gateway) stop(ctx context.Context) error {
 		}
 	}
 	g.shutdown()
+	if u := g.hs.upd; u != nil {
+		done := make(chan struct{})
+		go func() { u.wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
 	for _, ch := range []<-chan struct{}{g.lanes.updates.Done(), g.lanes.rpcs.Done(), g.lanes.callbacks.Done(), g.lanes.events.Done()} {
 		select {
 		case <-ch:

@@ -10,7 +10,10 @@ type handlers struct {
 	mu      sync.RWMutex
 	rpc     map[string]RPCHandler
 	attr    map[string]AttributeHandler
+	pkg     PackageHandler // packages assigned to devices behind the gateway
 	running map[rpcKey]struct{}
+
+	upd *updater // WithUpdates: set at Dial, then read only
 }
 
 // anyDevice keys the gateway-wide handlers; no device name is empty, so
@@ -54,6 +57,12 @@ func (h *handlers) rpcFor(device string) RPCHandler {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return lookup(h.rpc, device)
+}
+
+func (h *handlers) pkgHandler() PackageHandler {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.pkg
 }
 
 func (h *handlers) attrFor(device string) AttributeHandler {

@@ -85,6 +85,8 @@ type options struct {
 	linger                       time.Duration
 	store                        QueueStore
 	maxAge                       time.Duration
+	updates                      UpdateHandler
+	installed                    []Package
 	onConnection                 func(ConnectionEvent)
 	poisonThreshold              int
 	onDevice                     func(DeviceEvent)

@@ -33,6 +33,8 @@ func (g *Gateway) onMessage(_ mqtt.Client, m mqtt.Message) {
 		g.onSelfRPCRequest(topic[len(topicSelfRPCRequestPrefix):], payload)
 	case strings.HasPrefix(topic, topicSelfRPCResponsePrefix):
 		g.onSelfRPCResponse(topic[len(topicSelfRPCResponsePrefix):], payload)
+	case strings.HasPrefix(topic, "v2/"):
+		g.onPackageMessage(topic, payload)
 	default:
 		g.log.Debug("tbgateway: message on unknown topic ignored", "topic", topic)
 	}

@@ -276,9 +276,14 @@ type started struct {
 // changed answer is applied when it comes.
 func (s *session) start(l link) (started, error) {
 	g := s.g
-	filters := make(map[string]byte, len(subscriptions))
+	filters := make(map[string]byte, len(subscriptions)+2)
 	for _, f := range subscriptions {
 		filters[f] = g.opts.qos
+	}
+	if g.hs.upd != nil {
+		for _, f := range g.hs.upd.subscriptions() {
+			filters[f] = g.opts.qos
+		}
 	}
 	st := started{sub: l.subscribeAsync(filters)}
 	st.subDone = st.sub.Done()
