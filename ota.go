@@ -16,8 +16,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/twmb/murmur3"
 	"github.com/thingsgate/tbgateway/internal/outbox"
+	"github.com/twmb/murmur3"
 )
 
 // PackageKind says whether a package is firmware or software.
