@@ -125,6 +125,9 @@ func Dial(ctx context.Context, broker string, opts ...Option) (*Gateway, error) 
 	if o.sessionRefresh > 0 {
 		go g.refreshLoop()
 	}
+	if o.statsEvery > 0 {
+		go g.statsLoop()
+	}
 	select {
 	case err = <-first:
 	case <-ctx.Done():

@@ -91,6 +91,7 @@ type options struct {
 	poisonThreshold              int
 	onDevice                     func(DeviceEvent)
 	sessionRefresh               time.Duration
+	statsEvery                   time.Duration
 	sessionLimits                bool
 	ownLimits, gatewayLimits     ratelimit.Limits
 	rateMargin                   float64
