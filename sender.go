@@ -300,24 +300,20 @@ func (s *sender) expire() {
 }
 
 // onExpire is told of a record dropped for its age.
-func (s *sender) onExpire(r *outbox.Record) {
-	s.g.stats.expired.Add(1)
-	if s.durable != nil {
-		s.durable.remove([]*outbox.Record{r})
-	}
-	if r.Waiter != nil {
-		s.g.fail(r.Waiter, ErrExpired)
-	}
-}
+func (s *sender) onExpire(r *outbox.Record) { s.discard(r, &s.g.stats.expired, ErrExpired) }
 
-// onDrop is told of records evicted by the DropOldest policy.
-func (s *sender) onDrop(r *outbox.Record) {
-	s.g.stats.droppedOverflow.Add(1)
+// onDrop is told of records evicted by the OverflowDropOldest policy.
+func (s *sender) onDrop(r *outbox.Record) { s.discard(r, &s.g.stats.droppedOverflow, ErrDropped) }
+
+// discard forgets a queued record that will not be sent: counted, out of
+// the store, and its call failed with why.
+func (s *sender) discard(r *outbox.Record, counter *atomic.Uint64, why error) {
+	counter.Add(1)
 	if s.durable != nil {
 		s.durable.remove([]*outbox.Record{r})
 	}
 	if r.Waiter != nil {
-		s.g.fail(r.Waiter, ErrDropped)
+		s.g.fail(r.Waiter, why)
 	}
 }
 
