@@ -1,6 +1,8 @@
 package tbgateway_test
 
 import (
+	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -37,4 +39,22 @@ func TestStatsTelemetry(t *testing.T) {
 	assert.Zero(t, g.Stats().Reconnects, "never over the server's limits")
 	_, err := tb.Dial(ctx, srv.URL(), tb.WithStatsTelemetry(time.Millisecond))
 	assert.ErrorIs(t, err, tb.ErrInvalidOption)
+}
+
+func ExampleWithStatsTelemetry() {
+	srv := tbtest.NewServer(nil)
+	defer srv.Close()
+	ctx := context.Background()
+	gw, err := tb.Dial(ctx, srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithStatsTelemetry(time.Second))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer gw.Close(ctx)
+	// The first snapshot comes a second after Dial, as the gateway's own telemetry.
+	_ = srv.WaitFor(ctx, func() bool { return len(srv.Series("Gateway "+tbtest.DefaultToken, "queueDepth")) > 0 })
+	p, _ := srv.Latest("Gateway "+tbtest.DefaultToken, "reconnects")
+	fmt.Println("reconnects:", p.Value)
+	// Output:
+	// reconnects: 0
 }
