@@ -14,39 +14,6 @@ import (
 	"github.com/thingsgate/tbgateway/internal/testbroker"
 )
 
-func benchEntries(entries, keys int) []Entry {
-	es := make([]Entry, entries)
-	for i := range es {
-		v := make(Values, keys)
-		for k := 0; k < keys; k++ {
-			if k%2 == 0 {
-				v[fmt.Sprintf("key%d", k)] = int64(i * k)
-			} else {
-				v[fmt.Sprintf("key%d", k)] = float64(i) + 0.25
-			}
-		}
-		es[i] = Entry{TS: 1700000000000 + int64(i), Values: v}
-	}
-	return es
-}
-
-// benchPointEntries is benchEntries with the values as Points.
-func benchPointEntries(entries, keys int) []Entry {
-	es := make([]Entry, entries)
-	for i := range es {
-		ps := make([]Point, keys)
-		for k := range ps {
-			if k%2 == 0 {
-				ps[k] = Int64(fmt.Sprintf("key%d", k), int64(i*k))
-			} else {
-				ps[k] = Float64(fmt.Sprintf("key%d", k), float64(i)+0.25)
-			}
-		}
-		es[i] = Entry{TS: 1700000000000 + int64(i), Points: ps}
-	}
-	return es
-}
-
 // TestEncoderAllocatesNothingPerDataPoint holds the promise behind the
 // throughput figures: encoding costs allocations per record at most (its
 // body, when too large for the shared slab; records come in chunks), never

@@ -2,6 +2,7 @@ package tbgateway_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,10 @@ import (
 	"github.com/thingsgate/tbgateway/internal/testbroker"
 	"github.com/thingsgate/tbgateway/tbtest"
 )
+
+// Long fault runs: streams of a million points through server restarts,
+// cut connections and broker restarts, checking that nothing is lost, that
+// order and announcements hold, and that duplicates stay bounded.
 
 // streamPlan is the fault tests' workload: devices × entries points, sent
 // by one goroutine per device in calls of batch entries each.
@@ -74,6 +79,8 @@ func (p streamPlan) streamThroughFaults(ctx context.Context, t *testing.T, g *tb
 	}()
 	total := uint64(p.devices * p.entries)
 	for faults < n && streaming.Load() {
+		// Stats has no change signal: poll the counter, and retry a
+		// fault that could not take place yet, every millisecond.
 		for want := total * uint64(faults+1) / uint64(max(8, n+1)); streaming.Load() && g.Stats().DataPoints < want; {
 			time.Sleep(time.Millisecond)
 		}
@@ -148,6 +155,93 @@ func (p streamPlan) verify(t *testing.T, checkOrder bool, series func(dev string
 	return dups, reorders
 }
 
+// dataBeforeConnect returns, per connection, the devices of plan whose
+// data reached the server before their v1/gateway/connect on that
+// connection, in the server's record of the wire order.
+func dataBeforeConnect(t *testing.T, srv *tbtest.Server) (bad map[uint64][]string, conns int) {
+	t.Helper()
+	connected := map[uint64]map[string]bool{}
+	bad = map[uint64][]string{}
+	for _, m := range srv.Messages() {
+		if m.Conn == 0 {
+			continue
+		}
+		seen := connected[m.Conn]
+		if seen == nil {
+			seen = map[string]bool{}
+			connected[m.Conn] = seen
+		}
+		switch m.Topic {
+		case "v1/gateway/connect":
+			var c struct{ Device string }
+			require.NoError(t, json.Unmarshal(m.Payload, &c))
+			seen[c.Device] = true
+		case "v1/gateway/telemetry":
+			var byDevice map[string]json.RawMessage
+			require.NoError(t, json.Unmarshal(m.Payload, &byDevice))
+			for d := range byDevice {
+				if !seen[d] {
+					bad[m.Conn] = append(bad[m.Conn], d)
+					seen[d] = true // count a device once per connection
+				}
+			}
+		}
+	}
+	return bad, len(connected)
+}
+
+// TestFaultNoDataBeforeConnect streams through server restarts and
+// dropped connections and checks, on every connection the server saw,
+// that each device's connect went out before its data, and that nothing
+// was lost. Each fault ends a connection of its own: it waits until the
+// server has received something on a new connection since the last one
+// (a restart while the gateway is still reconnecting would end none).
+func TestFaultNoDataBeforeConnect(t *testing.T) {
+	plan := streamPlan{devices: 40, entries: 10_000, batch: 50}
+	srv := tbtest.NewServer(t)
+	var lastConn atomic.Uint64 // the connection of the latest PUBLISH the server received
+	srv.Control(tbtest.Match{}, func(p *tbtest.Packet) tbtest.Action {
+		lastConn.Store(p.Conn)
+		return tbtest.Pass() // and stays for the next packet
+	})
+	g := dialTB(t, srv, tb.WithMaxReconnectDelay(200*time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	for d := 0; d < plan.devices; d++ {
+		_, err := g.Connect(ctx, plan.name(d), tb.WithDeviceProfile("ordered"))
+		require.NoError(t, err)
+	}
+	var faulted uint64 // the connection the last fault ended
+	faults, midStream := plan.streamThroughFaults(ctx, t, g, 10, func(i int) bool {
+		conn := lastConn.Load()
+		if conn == faulted {
+			return false // nothing received on a new connection yet
+		}
+		if i%2 == 1 {
+			if !srv.DropConnection(tbtest.DefaultToken) {
+				return false
+			}
+		} else {
+			require.NoError(t, srv.Restart())
+		}
+		faulted = conn
+		return true
+	})
+	plan.verify(t, false, seriesOf(srv))
+	bad, conns := dataBeforeConnect(t, srv)
+	assert.Empty(t, bad, "data before its device's connect, by connection")
+	assert.GreaterOrEqual(t, conns, 9, "connections seen by the server")
+	assert.GreaterOrEqual(t, midStream, 8, "faults during the stream")
+	for d := 0; d < plan.devices; d++ {
+		dev, ok := srv.Device(plan.name(d))
+		require.True(t, ok)
+		assert.Equal(t, "ordered", dev.Profile, "never created implicitly with the default profile")
+	}
+	st := g.Stats()
+	t.Logf("%d faults (%d mid-stream), %d connections, %d reconnects, %d re-sent, %d announced", faults, midStream, conns, st.Reconnects, st.Resent, st.Announced)
+	assert.Empty(t, srv.Rejections())
+}
+
 // TestFaultServerRestarts streams 100 devices × 10,000 points while the
 // server restarts and the connection is cut, at least 5 times in the
 // middle of the stream. Every point arrives, per-device order holds,
@@ -169,32 +263,15 @@ func TestFaultServerRestarts(t *testing.T) {
 		}))
 	}
 
-	done := make(chan error, 1)
-	var streaming atomic.Bool
-	streaming.Store(true)
-	go func() {
-		err := plan.stream(ctx, g)
-		streaming.Store(false)
-		done <- err
-	}()
-
-	// Phase 1: faults while the data streams.
-	faults, midStream := 0, 0
-	for round := 0; round < 10 && streaming.Load(); round++ {
-		time.Sleep(60 * time.Millisecond)
-		if round%3 == 2 {
-			if !srv.DropConnection(tbtest.DefaultToken) {
-				continue // still reconnecting from the last fault
-			}
-		} else {
-			require.NoError(t, srv.Restart())
+	// Phase 1: faults while the data streams, spread over it by its
+	// progress rather than by the clock.
+	faults, midStream := plan.streamThroughFaults(ctx, t, g, 10, func(i int) bool {
+		if i%3 == 2 {
+			return srv.DropConnection(tbtest.DefaultToken) // false while still reconnecting from the last fault
 		}
-		faults++
-		if streaming.Load() {
-			midStream++
-		}
-	}
-	require.NoError(t, <-done)
+		require.NoError(t, srv.Restart())
+		return true
+	})
 
 	// Phase 2: after each reconnect every device is announced again and
 	// answers an RPC.
@@ -247,7 +324,7 @@ func TestFaultBrokerRestarts(t *testing.T) {
 
 	restarts, midStream := plan.streamThroughFaults(ctx, t, g, 8, func(int) bool {
 		b.Stop()
-		time.Sleep(30 * time.Millisecond)
+		time.Sleep(30 * time.Millisecond) // the outage itself: the broker is away for a while (a sleep kept on purpose)
 		require.NoError(t, b.Start())
 		return true
 	})

@@ -8,10 +8,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"io"
 	"log/slog"
 	"math/big"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +26,9 @@ import (
 	tb "github.com/thingsgate/tbgateway"
 	"github.com/thingsgate/tbgateway/tbtest"
 )
+
+// Transports: TLS (verified by default, never falling back to plain
+// text), X.509 client certificates, websockets.
 
 func TestTLSWithPrivateCA(t *testing.T) {
 	srv := tbtest.NewServer(t, tbtest.WithTLS())
@@ -43,6 +48,73 @@ func TestTLSWithPrivateCA(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "certificate")
 	assert.Equal(t, 1, srv.TelemetryCount("A"))
+}
+
+// TestTLSVerifiedByDefaultNoPlaintextFallback: a server certificate that is
+// not trusted fails the dial, and nothing falls back to plain MQTT.
+func TestTLSVerifiedByDefaultNoPlaintextFallback(t *testing.T) {
+	srv := tbtest.NewServer(t, tbtest.WithTLS())
+	require.True(t, strings.HasPrefix(srv.URL(), "ssl://"), srv.URL())
+	logger, logs := debugLogger()
+	ctx := ctxFor(t, 8*time.Second)
+	dial := func(url string, opts ...tb.Option) error {
+		opts = append([]tb.Option{tb.WithAccessToken(tbtest.DefaultToken), tb.WithLogger(logger),
+			tb.WithConnectTimeout(2 * time.Second)}, opts...)
+		g, err := tb.Dial(ctx, url, opts...)
+		if err == nil {
+			_ = g.Close(ctx)
+		}
+		return err
+	}
+	isCertError := func(err error) bool {
+		var cv *tls.CertificateVerificationError
+		var ua x509.UnknownAuthorityError
+		return errors.As(err, &cv) || errors.As(err, &ua)
+	}
+
+	err := dial(srv.URL())
+	require.Error(t, err, "an untrusted server certificate must fail the dial")
+	assert.True(t, isCertError(err), "want a certificate verification error, got %v", err)
+
+	// A TLS configuration without trust anchors changes nothing: the
+	// system roots do not know the server's CA either.
+	err = dial(srv.URL(), tb.WithTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}))
+	require.Error(t, err)
+	assert.True(t, isCertError(err), "want a certificate verification error, got %v", err)
+
+	// Trusting another CA does not help.
+	err = dial(srv.URL(), tb.WithRootCAs(x509.NewCertPool()))
+	require.Error(t, err)
+	assert.True(t, isCertError(err), "want a certificate verification error, got %v", err)
+
+	// Other TLS schemes are verified the same way.
+	addr := strings.TrimPrefix(srv.URL(), "ssl://")
+	for _, scheme := range []string{"tls", "mqtts"} {
+		err = dial(scheme + "://" + addr)
+		require.Error(t, err, scheme)
+		assert.True(t, isCertError(err), "%s: want a certificate verification error, got %v", scheme, err)
+	}
+
+	// Plain MQTT to the same host and port: the TLS listener does not
+	// speak it, so the dial fails instead of sending credentials in clear.
+	err = dial("tcp://" + addr)
+	require.Error(t, err, "plain MQTT against a TLS listener must fail")
+
+	assert.Empty(t, srv.Messages(), "the server received a publish without a verified TLS session")
+	assert.Empty(t, srv.Rejections(), "a CONNECT reached the server without a verified TLS session")
+	gw, ok := srv.Device(srv.GatewayName(tbtest.DefaultToken))
+	require.True(t, ok)
+	assert.False(t, gw.Connected)
+	assert.NotContains(t, logs.String(), `"msg":"tbgateway: connected"`)
+
+	// Control: trusting the server's CA works, so the failures above come
+	// from verification and not from a broken server.
+	g, err := tb.Dial(ctx, srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithLogger(logger),
+		tb.WithRootCAs(srv.TLSConfig().RootCAs))
+	require.NoError(t, err)
+	require.NoError(t, g.Device("D").PublishTelemetry(ctx, tb.Entry{Values: tb.Values{"t": 1}}))
+	require.NoError(t, g.Close(ctx))
+	assert.NotEmpty(t, srv.Messages())
 }
 
 // testPKI makes a CA, a server certificate for 127.0.0.1 and a client

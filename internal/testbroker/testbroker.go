@@ -198,6 +198,34 @@ func (o *Observer) Wait(tb testing.TB, topic string, n int, timeout time.Duratio
 	}
 }
 
+// WaitUntil waits for the first message on which match holds and returns
+// every message received up to it, that one included; the test fails
+// after timeout. As the broker delivers one client's messages in order,
+// a marker found this way tells that what its sender published before it
+// has arrived too.
+func (o *Observer) WaitUntil(tb testing.TB, timeout time.Duration, match func(Message) bool) []Message {
+	tb.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		o.mu.Lock()
+		ch := o.changed
+		o.mu.Unlock()
+		got := o.Messages("")
+		for i, m := range got {
+			if match(m) {
+				return got[:i+1]
+			}
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			tb.Fatalf("testbroker: waited %v for a matching message, got %d: %s", timeout, len(got), format(got))
+			return nil
+		}
+	}
+}
+
 func format(ms []Message) string {
 	s := ""
 	for _, m := range ms {
@@ -226,19 +254,40 @@ func (p *Publisher) Publish(tb testing.TB, topic string, payload string) {
 // Stop shuts the embedded broker down, cutting every connection.
 func (b *Broker) Stop() {
 	if b.server != nil {
-		b.stop.Do(func() {
-			// mochi 2.7.9's Close read-locks its clients twice over while a
-			// client that is going away may be waiting to delete itself:
-			// a deadlock. Let the clients go first.
-			for _, cl := range b.server.Clients.GetAll() {
-				cl.Stop(errors.New("testbroker: stopping"))
-			}
-			for deadline := time.Now().Add(time.Second); b.server.Clients.Len() > 0 && time.Now().Before(deadline); {
-				time.Sleep(time.Millisecond)
-			}
-			_ = b.server.Close()
-		})
+		b.stop.Do(func() { closeMochi(b.server) })
 	}
+}
+
+// closeMochi closes a mochi server. mochi 2.7.9's Close read-locks its
+// clients twice over while a client that is going away may be waiting to
+// delete itself: a deadlock. So the clients are stopped first, and Close
+// waits until they have deleted themselves. Only the network clients:
+// the inline client (Options.InlineClient) is in Clients too but never
+// leaves, so counting it made every Stop wait out the whole second.
+func closeMochi(s *mqtt.Server) {
+	for _, cl := range s.Clients.GetAll() {
+		if !cl.Net.Inline {
+			cl.Stop(errors.New("testbroker: stopping"))
+		}
+	}
+	// A client deletes itself when its connection's goroutine ends, which
+	// mochi signals to nobody: poll, bounded in case one holds a session
+	// that outlives its connection (those are not deleted at all).
+	for deadline := time.Now().Add(time.Second); networkClients(s) > 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	_ = s.Close()
+}
+
+// networkClients counts the clients other than the inline one.
+func networkClients(s *mqtt.Server) int {
+	n := 0
+	for _, cl := range s.Clients.GetAll() {
+		if !cl.Net.Inline {
+			n++
+		}
+	}
+	return n
 }
 
 // Kick closes the connection of the client with this id (embedded broker
@@ -365,7 +414,7 @@ func startMochi(tb testing.TB, r *Restartable, addr string) {
 		mu.Lock()
 		defer mu.Unlock()
 		if s != nil {
-			_ = s.Close()
+			closeMochi(s)
 			s = nil
 		}
 	}

@@ -21,34 +21,9 @@ import (
 	"github.com/thingsgate/tbgateway/tbtest"
 )
 
-// TestPoisonMessageSetAside: a message the server answers by closing the
-// connection (here: larger than the server's limit, which the gateway was
-// not told) is detected after a few drops, set aside and reported; the
-// data behind it still arrives.
-func TestPoisonMessageSetAside(t *testing.T) {
-	srv := tbtest.NewServer(t, tbtest.WithMaxPayloadSize(1000))
-	g := dialTB(t, srv, tb.WithoutSessionLimits(), tb.WithMaxReconnectDelay(50*time.Millisecond), tb.WithMaxInflight(1))
-	ctx := ctxT(t)
-	poison := make(chan error, 1)
-	require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, []tb.Entry{{TS: 1, Values: tb.Values{"blob": strings.Repeat("x", 2000)}}}, func(err error) { poison <- err }))
-	for i := 0; i < 5; i++ {
-		require.NoError(t, g.Device("B").PublishTelemetryAsync(ctx, []tb.Entry{{TS: int64(10 + i), Values: tb.Values{"n": i}}}, nil))
-	}
-	select {
-	case err := <-poison:
-		assert.ErrorIs(t, err, tb.ErrPoisonMessage)
-	case <-time.After(wait):
-		t.Fatal("poison message never set aside")
-	}
-	require.NoError(t, srv.WaitFor(ctx, func() bool { return srv.TelemetryCount("B") == 5 }))
-	st := g.Stats()
-	assert.Equal(t, uint64(1), st.Poisoned)
-	assert.GreaterOrEqual(t, st.Reconnects, uint64(tb.DefaultPoisonThreshold))
-	pm := g.PoisonMessages()
-	require.Len(t, pm, 1)
-	assert.Equal(t, "v1/gateway/telemetry", pm[0].Topic)
-	assert.Equal(t, 0, srv.TelemetryCount("A"))
-}
+// The queue on disk (WithQueueStore, package durable): it survives the
+// process being killed, and what a repaired store salvaged is counted and
+// sent.
 
 // The durable test runs the publisher in a child process (this test binary)
 // so that it can be killed with SIGKILL mid-stream.
@@ -150,50 +125,6 @@ func total(srv *tbtest.Server) int {
 	return n
 }
 
-// TestOverflowPolicies fills the queue while the server is away and checks
-// each policy through the public API.
-func TestOverflowPolicies(t *testing.T) {
-	for _, tc := range []struct {
-		policy tb.OverflowPolicy
-		check  func(t *testing.T, g *tb.Gateway, first <-chan error, err error)
-	}{
-		{tb.OverflowFailFast, func(t *testing.T, g *tb.Gateway, _ <-chan error, err error) {
-			assert.ErrorIs(t, err, tb.ErrQueueFull)
-			assert.Equal(t, uint64(1), g.Stats().Refused)
-		}},
-		{tb.OverflowDropOldest, func(t *testing.T, g *tb.Gateway, first <-chan error, err error) {
-			require.NoError(t, err)
-			select {
-			case e := <-first:
-				assert.ErrorIs(t, e, tb.ErrDropped)
-			case <-time.After(wait):
-				t.Fatal("the oldest record was not dropped")
-			}
-			assert.Equal(t, uint64(1), g.Stats().Dropped)
-		}},
-		{tb.OverflowBlock, func(t *testing.T, g *tb.Gateway, _ <-chan error, err error) {
-			assert.ErrorIs(t, err, context.DeadlineExceeded)
-		}},
-	} {
-		t.Run(fmt.Sprint(tc.policy), func(t *testing.T) {
-			srv := tbtest.NewServer(t)
-			g := dialTB(t, srv, tb.WithQueue(3, 1<<20, tc.policy))
-			srv.Stop()
-			require.Eventually(t, func() bool { return !g.Connected() }, wait, time.Millisecond)
-			ctx := ctxT(t)
-			first := make(chan error, 1)
-			require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, []tb.Entry{{TS: 1, Values: tb.Values{"n": 1}}}, func(err error) { first <- err }))
-			for i := 2; i <= 3; i++ {
-				require.NoError(t, g.Device("A").PublishTelemetryAsync(ctx, []tb.Entry{{TS: int64(i), Values: tb.Values{"n": i}}}, nil))
-			}
-			short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-			defer cancel()
-			err := g.Device("A").PublishTelemetryAsync(short, []tb.Entry{{TS: 4, Values: tb.Values{"n": 4}}}, nil)
-			tc.check(t, g, first, err)
-		})
-	}
-}
-
 // TestDurableQueueSurvivesRepeatedKills: ten publishers in a row on one
 // queue folder, each SIGKILLed mid-stream, every other one with the server
 // down (it queues on disk only). A last gateway on the folder, with the
@@ -264,4 +195,50 @@ func drainDurable(t *testing.T, srv *tbtest.Server, q *durable.Log, accepted int
 		require.True(t, seen[int64(n)], "point %d was accepted but never arrived", n)
 	}
 	return restored, len(seen), dups
+}
+
+// TestRepairedQueueCounted: a queue store repaired at open (durable's
+// WithRecover) reports what it salvaged and lost in Stats, and every
+// salvaged record is sent.
+func TestRepairedQueueCounted(t *testing.T) {
+	dir := t.TempDir()
+	q, err := durable.Open(dir)
+	require.NoError(t, err)
+	srv := tbtest.NewServer(t)
+	srv.Stop()
+	ctx := ctxT(t)
+	g, err := tb.Dial(ctx, srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithOfflineStart(), tb.WithQueueStore(q))
+	require.NoError(t, err)
+	for i := range 1000 {
+		require.NoError(t, g.Device("d").PublishTelemetryAsync(ctx, []tb.Entry{{TS: int64(i + 1), Values: tb.Values{"n": i}}}, nil))
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	_ = g.Close(short) // offline: the queue stays on disk
+	cancel()
+
+	segs, _ := filepath.Glob(filepath.Join(dir, "seg-*.log"))
+	require.Len(t, segs, 1)
+	f, err := os.OpenFile(segs[0], os.O_RDWR, 0)
+	require.NoError(t, err)
+	st, err := f.Stat()
+	require.NoError(t, err)
+	_, err = f.WriteAt(make([]byte, 512), st.Size()/2) // zero a stretch in the middle
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	_, err = durable.Open(dir)
+	require.ErrorIs(t, err, durable.ErrDamaged)
+	q, err = durable.Open(dir, durable.WithRecover())
+	require.NoError(t, err)
+	rc := q.Recovery()
+	require.Positive(t, rc.Lost)
+	require.NoError(t, srv.Start())
+	g, err = tb.Dial(ctx, srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithQueueStore(q))
+	require.NoError(t, err)
+	s := g.Stats()
+	assert.EqualValues(t, rc.Salvaged, s.Salvaged)
+	assert.EqualValues(t, rc.Lost, s.LostOnDisk)
+	require.NoError(t, g.Close(ctx)) // flushes while connected
+	assert.Equal(t, 1000, rc.Salvaged+rc.Lost, "one record a call, each readable or counted lost")
+	assert.Equal(t, rc.Salvaged, srv.TelemetryCount("d"), "every salvaged record arrived")
 }

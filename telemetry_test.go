@@ -5,7 +5,6 @@ import (
 	"math"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -14,6 +13,10 @@ import (
 	"github.com/thingsgate/tbgateway/tbtest"
 )
 
+// Telemetry and the values it carries, attributes' included: floats are
+// stored as doubles. (How a call is split and paced is in sender_test.go;
+// the encoders' bytes in telemetry_internal_test.go.)
+//
 // Floats are stored as doubles (README): ThingsBoard's JsonConverter stores
 // a non-integral number as a DOUBLE only when its decimal scale is at most
 // 16, else as a STRING, and an integral number written without a '.' as a
@@ -71,16 +74,7 @@ func floatCases() []floatCase {
 func floatGateway(t *testing.T) (*tbtest.Server, *tb.Gateway, context.Context) {
 	t.Helper()
 	srv := tbtest.NewServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
-	gw, err := tb.Dial(ctx, srv.URL(), tb.WithAccessToken(tbtest.DefaultToken))
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		assert.NoError(t, gw.Close(ctx))
-	})
-	return srv, gw, ctx
+	return srv, dialTB(t, srv), ctxT(t)
 }
 
 // checkDouble checks that got, a stored value, is a double equal to want

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,78 +15,14 @@ import (
 	tb "github.com/thingsgate/tbgateway"
 	"github.com/thingsgate/tbgateway/internal/jsonx"
 	"github.com/thingsgate/tbgateway/internal/testbroker"
+	"github.com/thingsgate/tbgateway/tbtest"
 )
 
-const wait = 10 * time.Second
-
-func dial(t *testing.T, b *testbroker.Broker, opts ...tb.Option) *tb.Gateway {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	// A plain broker never answers getSessionLimits.
-	g, err := tb.Dial(ctx, b.URL, append([]tb.Option{tb.WithAccessToken("test-token"), tb.WithoutSessionLimits()}, opts...)...)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		defer cancel()
-		assert.NoError(t, g.Close(ctx))
-	})
-	return g
-}
-
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// sameJSON compares payloads as JSON trees that keep integers and floats
-// apart.
-func sameJSON(t *testing.T, want string, got []byte) {
-	t.Helper()
-	w, err := jsonx.Decode([]byte(want))
-	require.NoError(t, err)
-	g, err := jsonx.Decode(got)
-	require.NoError(t, err, "payload %s", got)
-	assert.Equal(t, w, g, "payload %s", got)
-}
-
-// rpcReply waits for the gateway's reply to RPC id of device on
-// v1/gateway/rpc and returns its payload. It finds it by its shape (a
-// top-level "id"): the observer may see a reply before the request it
-// answers, as the broker delivers to each subscriber on its own.
-func rpcReply(t *testing.T, obs *testbroker.Observer, device string, id int) []byte {
-	t.Helper()
-	var found []byte
-	require.Eventually(t, func() bool {
-		for _, m := range obs.Messages("v1/gateway/rpc") {
-			o, err := jsonx.DecodeObject(m.Payload)
-			if err == nil && o["device"] == device && o["id"] == int64(id) {
-				found = m.Payload
-				return true
-			}
-		}
-		return false
-	}, wait, 2*time.Millisecond, "no reply to RPC %d of %s", id, device)
-	return found
-}
-
-type vec struct {
-	Name, Topic, Payload string
-}
-
-func vectors(t *testing.T, file string) map[string]vec {
-	t.Helper()
-	raw, err := readFile("testdata/vectors/" + file)
-	require.NoError(t, err)
-	var list []vec
-	require.NoError(t, json.Unmarshal(raw, &list))
-	m := map[string]vec{}
-	for _, v := range list {
-		m[v.Name] = v
-	}
-	return m
-}
+// Interoperability: every uplink and downlink of the spec's vectors
+// through a plain broker (the embedded mochi, or the Mosquitto named by
+// TBGATEWAY_TEST_BROKER), which also hands the gateway its own publishes
+// back, and every public call against the fake ThingsBoard, which closes
+// the connection on whatever the real server rejects.
 
 // TestWireUplinks drives every uplink through the public API and a real
 // broker and compares what arrives with the spec's vectors.
@@ -331,7 +266,7 @@ func TestWireDownlinks(t *testing.T) {
 		r := <-self
 		assert.Equal(t, "", r.Device)
 		id := strings.TrimPrefix(vs[name].Topic, "v1/devices/me/rpc/request/")
-		assert.Equal(t, id, itoa(r.ID))
+		assert.Equal(t, id, strconv.Itoa(r.ID))
 		m := obs.Wait(t, "v1/devices/me/rpc/response/"+id, 1, wait)[0]
 		assert.Equal(t, `"done"`, string(m.Payload))
 	}
@@ -354,14 +289,86 @@ func TestWireDownlinks(t *testing.T) {
 	send("self-session-limits-unset") // a reply nobody waits for is dropped
 	send("self-attribute-response")
 	require.Eventually(t, func() bool { return g.Stats().Received >= 20 }, wait, 5*time.Millisecond)
+	// The marker barrier: a real update published after the echo. The
+	// gateway handles received messages in order and runs update
+	// handlers in order, so the first update after the echo must be the
+	// marker.
+	pub.Publish(t, "v1/devices/me/attributes", `{"marker":true}`)
 	select {
 	case u := <-selfUpd:
-		t.Fatalf("own publish delivered as update: %+v", u)
-	case <-time.After(100 * time.Millisecond):
+		assert.Equal(t, tb.AttributeUpdate{Values: tb.Values{"marker": true}}, u, "own publish delivered as update")
+	case <-time.After(wait):
+		t.Fatal("the marker update never arrived")
 	}
 	assert.Zero(t, g.Stats().Malformed)
 }
 
-var itoa = strconv.Itoa
+// TestEveryCallAcceptedByServer runs every public operation against the
+// fake ThingsBoard, which closes the connection on anything the real server
+// rejects, and checks the server stored what was meant, typed as the real
+// server types it.
+func TestEveryCallAcceptedByServer(t *testing.T) {
+	srv := tbtest.NewServer(t)
+	g := dialTB(t, srv)
+	ctx := ctxT(t)
 
-var readFile = os.ReadFile
+	a, err := g.Connect(ctx, "A", tb.WithDeviceProfile("Sensor A"))
+	require.NoError(t, err)
+	_, err = g.Connect(ctx, "A") // an existing device keeps its profile
+	require.NoError(t, err)
+	all := tb.Values{"s": "value1", "b": true, "f": 3.0, "i": 4, "j": map[string]any{"n": 42, "arr": []any{1, 2}}, "num": "42"}
+	require.NoError(t, a.PublishTelemetry(ctx, tb.Entry{TS: 10000, Values: all}, tb.Entry{Values: tb.Values{"flat": 1.5}}))
+	require.NoError(t, g.PublishTelemetry(ctx, tb.Telemetry{"B": {{TS: 5, Values: tb.Values{"x": 1},
+		Metadata: &tb.Metadata{Connector: "modbus", ReceivedAt: time.UnixMilli(1)}}}}))
+	require.NoError(t, a.PublishAttributes(ctx, tb.Values{"fw": "v1.0", "n": 2}))
+	require.NoError(t, g.PublishAttributes(ctx, tb.Attributes{"A": {"m": 1.0}, "B": {"m": 2}}))
+	srv.SetSharedAttributes("A", map[string]any{"sh": 7, "sh2": "x"})
+
+	v, err := a.RequestAttributes(ctx, tb.AttributeKeys{Client: []string{"fw", "n", "missing"}, Shared: []string{"sh"}})
+	require.NoError(t, err)
+	assert.Equal(t, tb.AttributeValues{Client: tb.Values{"fw": "v1.0", "n": int64(2)}, Shared: tb.Values{"sh": int64(7)}}, v)
+	v, err = a.RequestAttributes(ctx, tb.AttributeKeys{Client: []string{"nothing"}})
+	require.NoError(t, err)
+	assert.Empty(t, v.Client)
+	v, err = a.RequestAttributes(ctx, tb.AttributeKeys{Shared: []string{"a,b"}}) // asked for literally
+	require.NoError(t, err)
+	assert.Empty(t, v.Shared)
+
+	require.NoError(t, g.Claim(ctx, map[string]tb.ClaimRequest{"A": {SecretKey: "k", Duration: 90 * time.Second}, "B": {}}))
+	require.NoError(t, g.Self().PublishTelemetry(ctx, tb.Entry{Values: tb.Values{"cpu": 12.5}}))
+	require.NoError(t, g.Self().PublishAttributes(ctx, tb.Values{"version": "v0.1"}))
+	srv.SetGatewaySharedAttributes(tbtest.DefaultToken, map[string]any{"poll": 5})
+	own, err := g.Self().RequestAttributes(ctx, tb.AttributeKeys{Client: []string{"version"}, Shared: []string{"poll"}})
+	require.NoError(t, err)
+	assert.Equal(t, tb.AttributeValues{Client: tb.Values{"version": "v0.1"}, Shared: tb.Values{"poll": int64(5)}}, own)
+	limits, err := g.Self().SessionLimits(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 65536, limits.MaxPayloadSize)
+	require.NoError(t, g.Self().Claim(ctx, tb.ClaimRequest{SecretKey: "gw"}))
+
+	a.OnRPC(tb.RPCHandlerFunc(func(_ context.Context, r *tb.RPCRequest) (any, error) { return r.Params, nil }))
+	reply, err := srv.RPC(ctx, "A", "echo", map[string]any{"pin": 1})
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"pin":1}`, string(reply))
+	require.NoError(t, g.Disconnect(ctx, "A"))
+
+	// The server's view.
+	d, ok := srv.Device("A")
+	require.True(t, ok)
+	assert.Equal(t, "Sensor A", d.Profile)
+	assert.False(t, d.Connected)
+	b, _ := srv.Device("B")
+	assert.Equal(t, "default", b.Profile, "implicit creation by data")
+	for key, want := range map[string]any{"s": "value1", "b": true, "f": 3.0, "i": int64(4), "num": int64(42), "j": json.RawMessage(`{"arr":[1,2],"n":42}`)} {
+		p, ok := srv.Latest("A", key)
+		require.True(t, ok, key)
+		assert.Equal(t, want, p.Value, key)
+		assert.Equal(t, int64(10000), p.TS, key)
+	}
+	flat, _ := srv.Latest("A", "flat")
+	assert.Greater(t, flat.TS, int64(10000), "flat entries are stored at server time")
+	assert.Equal(t, map[string]any{"fw": "v1.0", "n": int64(2), "m": 1.0}, srv.ClientAttributes("A"))
+	assert.Equal(t, []tbtest.Claim{{SecretKey: "k", DurationMs: 90000}}, srv.Claims("A"))
+	assert.Equal(t, []tbtest.Claim{{DurationMs: 86400000}}, srv.Claims("B"), "server default duration")
+	assert.Empty(t, srv.Rejections(), "the SDK sent something the server rejects")
+}

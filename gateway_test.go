@@ -1,14 +1,9 @@
 package tbgateway_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -22,47 +17,21 @@ import (
 	"github.com/thingsgate/tbgateway/tbtest"
 )
 
-// Security properties checked through the public API against the fake
-// ThingsBoard: credentials never reach logs or error strings, TLS is
-// verified by default with no fallback to plain text, and Close leaves no
-// goroutine behind.
+// Dial and Close: what they return, what they log, and that Close ends
+// everything the gateway started.
 
-// secLog is a goroutine-safe sink for a slog handler.
-type secLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+func TestDialUnreachable(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	// Nothing listens on port 1 of loopback.
+	_, err := tb.Dial(ctx, "tcp://127.0.0.1:1", tb.WithConnectTimeout(time.Second))
+	require.Error(t, err)
 }
 
-func (l *secLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *secLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// secDebugLogger logs everything, payloads included, as JSON into a new
-// buffer.
-func secDebugLogger() (*slog.Logger, *secLog) {
-	sink := &secLog{}
-	return slog.New(slog.NewJSONHandler(sink, &slog.HandlerOptions{Level: slog.LevelDebug})), sink
-}
-
-func secContext(t *testing.T, d time.Duration) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// secErrorTexts returns every text an error can show: its message, its
-// %+v form, and those of every error it wraps (a *ConnectError, for one,
-// does not repeat the message of the error it wraps).
-func secErrorTexts(err error) []string {
+// errorTexts returns every text an error can show: its message, its %+v
+// form, and those of every error it wraps (a *ConnectError, for one, does
+// not repeat the message of the error it wraps).
+func errorTexts(err error) []string {
 	var out []string
 	var walk func(error)
 	walk = func(e error) {
@@ -83,6 +52,8 @@ func secErrorTexts(err error) []string {
 	return out
 }
 
+// TestSecretsNeverInLogsOrErrors: credentials never reach the logs or an
+// error's text, whatever way they were given and however the dial ends.
 func TestSecretsNeverInLogsOrErrors(t *testing.T) {
 	const (
 		token      = "SECRET-TOKEN-123"
@@ -93,8 +64,8 @@ func TestSecretsNeverInLogsOrErrors(t *testing.T) {
 	)
 	secrets := []string{token, wrongToken, password, urlSecret}
 	srv := tbtest.NewServer(t, tbtest.WithGateway(token))
-	logger, logs := secDebugLogger()
-	ctx := secContext(t, 8*time.Second)
+	logger, logs := debugLogger()
+	ctx := ctxFor(t, 8*time.Second)
 	var errs []error
 
 	g, err := tb.Dial(ctx, srv.URL(), tb.WithAccessToken(token), tb.WithLogger(logger),
@@ -176,7 +147,7 @@ func TestSecretsNeverInLogsOrErrors(t *testing.T) {
 	}
 	for _, err := range errs {
 		require.Error(t, err)
-		for _, text := range secErrorTexts(err) {
+		for _, text := range errorTexts(err) {
 			for _, s := range secrets {
 				assert.NotContains(t, text, s, "a credential appears in an error")
 			}
@@ -190,8 +161,8 @@ func TestSecretsNeverInLogsOrErrors(t *testing.T) {
 func TestSecretInBrokerURLNeverLogged(t *testing.T) {
 	const token = "SECRET-URL-TOKEN-271"
 	srv := tbtest.NewServer(t, tbtest.WithGateway(token))
-	logger, logs := secDebugLogger()
-	ctx := secContext(t, 5*time.Second)
+	logger, logs := debugLogger()
+	ctx := ctxFor(t, 5*time.Second)
 
 	g, err := tb.Dial(ctx, "tcp://"+token+"@"+srv.Addr(), tb.WithLogger(logger), tb.WithConnectTimeout(2*time.Second))
 	require.NoError(t, err, "the token in the URL authenticates")
@@ -206,85 +177,21 @@ func TestSecretInBrokerURLNeverLogged(t *testing.T) {
 	_, err = tb.Dial(ctx, "tcp://"+token+"@127.0.0.1:1", tb.WithLogger(logger), tb.WithConnectTimeout(time.Second))
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "127.0.0.1:1", "the error names the broker")
-	for _, text := range secErrorTexts(err) {
+	for _, text := range errorTexts(err) {
 		assert.NotContains(t, text, token, "the access token from the broker URL appears in an error")
 	}
 }
 
-// TestTLSVerifiedByDefaultNoPlaintextFallback: a server certificate that is
-// not trusted fails the dial, and nothing falls back to plain MQTT.
-func TestTLSVerifiedByDefaultNoPlaintextFallback(t *testing.T) {
-	srv := tbtest.NewServer(t, tbtest.WithTLS())
-	require.True(t, strings.HasPrefix(srv.URL(), "ssl://"), srv.URL())
-	logger, logs := secDebugLogger()
-	ctx := secContext(t, 8*time.Second)
-	dial := func(url string, opts ...tb.Option) error {
-		opts = append([]tb.Option{tb.WithAccessToken(tbtest.DefaultToken), tb.WithLogger(logger),
-			tb.WithConnectTimeout(2 * time.Second)}, opts...)
-		g, err := tb.Dial(ctx, url, opts...)
-		if err == nil {
-			_ = g.Close(ctx)
-		}
-		return err
-	}
-	isCertError := func(err error) bool {
-		var cv *tls.CertificateVerificationError
-		var ua x509.UnknownAuthorityError
-		return errors.As(err, &cv) || errors.As(err, &ua)
-	}
-
-	err := dial(srv.URL())
-	require.Error(t, err, "an untrusted server certificate must fail the dial")
-	assert.True(t, isCertError(err), "want a certificate verification error, got %v", err)
-
-	// A TLS configuration without trust anchors changes nothing: the
-	// system roots do not know the server's CA either.
-	err = dial(srv.URL(), tb.WithTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}))
-	require.Error(t, err)
-	assert.True(t, isCertError(err), "want a certificate verification error, got %v", err)
-
-	// Trusting another CA does not help.
-	err = dial(srv.URL(), tb.WithRootCAs(x509.NewCertPool()))
-	require.Error(t, err)
-	assert.True(t, isCertError(err), "want a certificate verification error, got %v", err)
-
-	// Other TLS schemes are verified the same way.
-	addr := strings.TrimPrefix(srv.URL(), "ssl://")
-	for _, scheme := range []string{"tls", "mqtts"} {
-		err = dial(scheme + "://" + addr)
-		require.Error(t, err, scheme)
-		assert.True(t, isCertError(err), "%s: want a certificate verification error, got %v", scheme, err)
-	}
-
-	// Plain MQTT to the same host and port: the TLS listener does not
-	// speak it, so the dial fails instead of sending credentials in clear.
-	err = dial("tcp://" + addr)
-	require.Error(t, err, "plain MQTT against a TLS listener must fail")
-
-	assert.Empty(t, srv.Messages(), "the server received a publish without a verified TLS session")
-	assert.Empty(t, srv.Rejections(), "a CONNECT reached the server without a verified TLS session")
-	gw, ok := srv.Device(srv.GatewayName(tbtest.DefaultToken))
-	require.True(t, ok)
-	assert.False(t, gw.Connected)
-	assert.NotContains(t, logs.String(), `"msg":"tbgateway: connected"`)
-
-	// Control: trusting the server's CA works, so the failures above come
-	// from verification and not from a broken server.
-	g, err := tb.Dial(ctx, srv.URL(), tb.WithAccessToken(tbtest.DefaultToken), tb.WithLogger(logger),
-		tb.WithRootCAs(srv.TLSConfig().RootCAs))
-	require.NoError(t, err)
-	require.NoError(t, g.Device("D").PublishTelemetry(ctx, tb.Entry{Values: tb.Values{"t": 1}}))
-	require.NoError(t, g.Close(ctx))
-	assert.NotEmpty(t, srv.Messages())
-}
-
-// TestNoGoroutineLeakAfterClose exercises every kind of background work
-// (handlers for RPC and attribute updates, requests, a dropped connection
-// and the reconnect) and checks that Close ends all of it.
-func TestNoGoroutineLeakAfterClose(t *testing.T) {
+// TestCloseAndLeaks exercises every kind of background work (handlers for
+// RPC and attribute updates, requests, a dropped connection and the
+// reconnect), leaves some of it running, and checks that Close ends all
+// of it: handlers see Close through their context, pending requests are
+// released with ErrClosed, every call after Close fails with ErrClosed,
+// Close is idempotent, and no goroutine is left behind.
+func TestCloseAndLeaks(t *testing.T) {
 	srv := tbtest.NewServer(t)
 	ignore := goleak.IgnoreCurrent()
-	ctx := secContext(t, 8*time.Second)
+	ctx := ctxFor(t, 8*time.Second)
 
 	g, err := tb.Dial(ctx, srv.URL(), tb.WithAccessToken(tbtest.DefaultToken),
 		tb.WithMaxReconnectDelay(100*time.Millisecond), tb.WithConnectTimeout(2*time.Second))
@@ -295,8 +202,11 @@ func TestNoGoroutineLeakAfterClose(t *testing.T) {
 	require.NoError(t, err)
 
 	a.OnRPC(tb.RPCHandlerFunc(func(_ context.Context, r *tb.RPCRequest) (any, error) { return r.Params, nil }))
+	started := make(chan struct{})
+	var once sync.Once
 	g.OnRPC(tb.RPCHandlerFunc(func(ctx context.Context, _ *tb.RPCRequest) (any, error) {
 		// Still running at Close: it must see its context end.
+		once.Do(func() { close(started) })
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}))
@@ -341,26 +251,119 @@ func TestNoGoroutineLeakAfterClose(t *testing.T) {
 	}), "devices not re-announced after the drop")
 	round(2)
 
-	// Leave work in flight: a handler that only ends with Close and an RPC
-	// the server is still waiting for.
+	// Leave work in flight: a handler that only ends with Close, an RPC
+	// the server is still waiting for, and an attribute request the
+	// server acknowledges but never answers.
 	rpcCtx, cancelRPC := context.WithCancel(ctx)
 	slowDone := make(chan struct{})
 	go func() {
 		defer close(slowDone)
 		_, _ = srv.RPC(rpcCtx, "Leak B", "slow", nil)
 	}()
-	require.Eventually(t, func() bool {
-		for _, m := range srv.Sent() {
-			if m.Topic == "v1/gateway/rpc" && bytes.Contains(m.Payload, []byte(`"slow"`)) {
-				return true
-			}
-		}
-		return false
-	}, 5*time.Second, 5*time.Millisecond)
-	time.Sleep(20 * time.Millisecond) // let the handler start
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("the handler never started")
+	}
+	asked := make(chan struct{})
+	srv.Control(tbtest.Match{Topic: "v1/gateway/attributes/request", Device: "Leak A"}, func(*tbtest.Packet) tbtest.Action {
+		close(asked)
+		return tbtest.Reason(0) // acknowledged, never answered
+	})
+	pending := make(chan error, 1)
+	go func() {
+		_, err := a.RequestAttributes(ctx, tb.AttributeKeys{Client: []string{"a"}})
+		pending <- err
+	}()
+	select {
+	case <-asked:
+	case <-ctx.Done():
+		t.Fatal("the attribute request never reached the server")
+	}
 
 	require.NoError(t, g.Close(ctx))
+	assert.ErrorIs(t, <-pending, tb.ErrClosed)
+	require.NoError(t, g.Close(ctx), "Close is idempotent")
+	assert.ErrorIs(t, a.PublishTelemetry(ctx, tb.Entry{Values: tb.Values{"a": 1}}), tb.ErrClosed)
+	_, err = g.Connect(ctx, "Leak A")
+	assert.ErrorIs(t, err, tb.ErrClosed)
+	_, err = g.Self().Call(ctx, "m", nil)
+	assert.ErrorIs(t, err, tb.ErrClosed)
+	assert.False(t, g.Connected())
 	cancelRPC()
 	<-slowDone
 	goleak.VerifyNone(t, ignore)
+}
+
+// TestCloseInEveryState: Close returns by its context's deadline whatever
+// the gateway is doing, and leaves no goroutine behind.
+func TestCloseInEveryState(t *testing.T) {
+	cases := map[string]func(t *testing.T, srv *tbtest.Server) *tb.Gateway{
+		"offline": func(t *testing.T, srv *tbtest.Server) *tb.Gateway {
+			srv.Stop()
+			g := dialOwned(t, srv, tb.WithOfflineStart())
+			require.NoError(t, g.Device("d").PublishTelemetryAsync(ctxT(t), []tb.Entry{{Values: tb.Values{"a": 1}}}, nil))
+			return g
+		},
+		"pacing": func(t *testing.T, srv *tbtest.Server) *tb.Gateway {
+			g := dialOwned(t, srv, tb.WithRateLimits(tb.RateLimits{}, tb.RateLimits{Messages: "1:60"}), tb.WithoutSessionLimits())
+			for i := range 5 {
+				require.NoError(t, g.Device("d").PublishTelemetryAsync(ctxT(t), []tb.Entry{{TS: int64(i + 1), Values: tb.Values{"a": i}}}, nil))
+			}
+			return g
+		},
+		"handler and request pending": func(t *testing.T, srv *tbtest.Server) *tb.Gateway {
+			g := dialOwned(t, srv)
+			started := make(chan struct{})
+			g.OnRPC(tb.RPCHandlerFunc(func(ctx context.Context, _ *tb.RPCRequest) (any, error) {
+				close(started)
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}))
+			_, err := g.Connect(ctxT(t), "d")
+			require.NoError(t, err)
+			go func() { _, _ = srv.RPC(context.Background(), "d", "wait", nil) }()
+			<-started
+			go func() { _, _ = g.Self().Call(context.Background(), "never-answered", nil) }()
+			return g
+		},
+		"announcing": func(t *testing.T, srv *tbtest.Server) *tb.Gateway {
+			// Connects are paced: 9 use up the burst, and announcing
+			// them again after the cut waits for tokens.
+			opt, ups := upEvents()
+			g := dialOwned(t, srv, opt, tb.WithRateLimits(tb.RateLimits{}, tb.RateLimits{Messages: "30:10"}), tb.WithoutSessionLimits())
+			<-ups
+			for d := range 9 {
+				_, err := g.Connect(ctxT(t), "announce-"+string(rune('a'+d)))
+				require.NoError(t, err)
+			}
+			require.True(t, srv.DropConnection(tbtest.DefaultToken))
+			<-ups
+			require.NoError(t, g.Device("announce-a").PublishTelemetryAsync(ctxT(t), []tb.Entry{{Values: tb.Values{"a": 1}}}, nil))
+			return g
+		},
+		"right after a cut": func(t *testing.T, srv *tbtest.Server) *tb.Gateway {
+			g := dialOwned(t, srv)
+			require.NoError(t, g.Device("d").PublishTelemetryAsync(ctxT(t), []tb.Entry{{Values: tb.Values{"a": 1}}}, nil))
+			require.True(t, srv.DropConnection(tbtest.DefaultToken))
+			return g
+		},
+	}
+	for name, setup := range cases {
+		t.Run(name, func(t *testing.T) {
+			srv := tbtest.NewServer(t)
+			opt := goleak.IgnoreCurrent()
+			g := setup(t, srv)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			begin := time.Now()
+			err := g.Close(ctx)
+			assert.Less(t, time.Since(begin), 2500*time.Millisecond, "Close returns by its deadline")
+			if err != nil {
+				assert.ErrorIs(t, err, context.DeadlineExceeded)
+			}
+			srv.Close()
+			goleak.VerifyNone(t, opt)
+		})
+	}
 }

@@ -2,7 +2,6 @@ package tbgateway_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +11,9 @@ import (
 	tb "github.com/thingsgate/tbgateway"
 	"github.com/thingsgate/tbgateway/tbtest"
 )
+
+// Devices behind the gateway: their names, ThingsBoard's notices about
+// them, and the refresh that keeps a quiet device's session open.
 
 // TestDeviceRenamedAndDeleted: ThingsBoard's own notices keep the gateway
 // in step: a renamed device goes on under its new name (handlers and
@@ -61,31 +63,6 @@ func TestDeviceHandleName(t *testing.T) {
 	assert.Empty(t, srv.Rejections())
 }
 
-func TestConnectionListener(t *testing.T) {
-	srv := tbtest.NewServer(t)
-	var mu sync.Mutex
-	var states []tb.ConnectionState
-	g := dialTB(t, srv, tb.WithMaxReconnectDelay(100*time.Millisecond), tb.WithConnectionListener(func(e tb.ConnectionEvent) {
-		mu.Lock()
-		states = append(states, e.State)
-		mu.Unlock()
-		if e.State == tb.StateDown {
-			assert.Error(t, e.Err)
-		}
-	}))
-	require.True(t, srv.DropConnection(tbtest.DefaultToken))
-	require.Eventually(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(states) >= 4
-	}, wait, 5*time.Millisecond)
-	mu.Lock()
-	assert.Equal(t, []tb.ConnectionState{tb.StateUp, tb.StateDown, tb.StateReconnecting, tb.StateUp}, states[:4])
-	mu.Unlock()
-	assert.True(t, g.Connected())
-	assert.Equal(t, "reconnecting", tb.StateReconnecting.String())
-}
-
 // TestSessionRefresh: a device that sends nothing is announced again before
 // ThingsBoard's inactivity timeout would close its session.
 func TestSessionRefresh(t *testing.T) {
@@ -105,17 +82,64 @@ func TestSessionRefresh(t *testing.T) {
 		}
 		return n
 	}
-	stop := time.After(2500 * time.Millisecond)
-loop:
-	for {
+	// Busy sends every 100 ms until Quiet has been announced again twice,
+	// over more than a refresh interval: a refresh of Busy, were its
+	// traffic not seen, would have been queued by then, and the last
+	// publish, queued behind it, is the barrier that it reached the
+	// server.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(wait)
+	for connects("Quiet") < 3 {
 		select {
-		case <-stop:
-			break loop
-		case <-time.After(100 * time.Millisecond):
+		case <-tick.C:
 			require.NoError(t, busy.PublishTelemetry(ctx, tb.Entry{Values: tb.Values{"x": 1}}))
+		case <-deadline:
+			t.Fatalf("the quiet device was announced %d times", connects("Quiet"))
 		}
 	}
-	assert.GreaterOrEqual(t, connects("Quiet"), 2, "the quiet device is announced again")
+	require.NoError(t, busy.PublishTelemetry(ctx, tb.Entry{Values: tb.Values{"x": 1}}))
 	assert.Equal(t, 1, connects("Busy"), "a device with traffic needs no refresh")
-	assert.GreaterOrEqual(t, g.Stats().Refreshed, uint64(1))
+	assert.GreaterOrEqual(t, g.Stats().Refreshed, uint64(2))
+}
+
+// TestSessionRefreshAfterFullQueue: a refresh that finds the queue full
+// (OverflowFailFast) is skipped and logged, and the refreshes go on once
+// there is room again.
+func TestSessionRefreshAfterFullQueue(t *testing.T) {
+	srv := tbtest.NewServer(t)
+	logOpt, skipped, skipErr := logSignal("tbgateway: session refresh skipped")
+	down := make(chan struct{}, 16)
+	g := dialTB(t, srv, logOpt, tb.WithQueue(1, 1<<20, tb.OverflowFailFast), tb.WithSessionRefresh(time.Second),
+		tb.WithMaxReconnectDelay(100*time.Millisecond), tb.WithConnectionListener(func(e tb.ConnectionEvent) {
+			if e.State == tb.StateDown {
+				down <- struct{}{}
+			}
+		}))
+	ctx := ctxT(t)
+	_, err := g.Connect(ctx, "Quiet")
+	require.NoError(t, err)
+
+	// The server goes away, and the one place in the queue is taken.
+	srv.Stop()
+	select {
+	case <-down:
+	case <-time.After(wait):
+		t.Fatal("no Down event")
+	}
+	if err := g.Device("Filler").PublishTelemetryAsync(ctx, []tb.Entry{{Values: tb.Values{"n": 1}}}, nil); err != nil {
+		require.ErrorIs(t, err, tb.ErrQueueFull, "a refresh came first and took the place: full all the same")
+	}
+	select {
+	case <-skipped:
+	case <-time.After(wait):
+		t.Fatal("no refresh was skipped")
+	}
+	require.ErrorIs(t, *skipErr, tb.ErrQueueFull)
+	before := g.Stats().Refreshed // nothing can enter the queue until the server is back
+
+	// Room again: the quiet device is refreshed again.
+	require.NoError(t, srv.Start())
+	require.Eventually(t, func() bool { return g.Stats().Refreshed > before }, wait, 10*time.Millisecond,
+		"the refresh stopped after a skipped round")
 }
