@@ -503,7 +503,7 @@ func WithRateLimits(own, gateway RateLimits) Option {
 // never cause a breach, which makes ThingsBoard close the connection.
 func WithRateLimitMargin(m float64) Option {
 	return func(o *options) error {
-		if m <= 0 || m > 1 {
+		if !(m > 0 && m <= 1) { // NaN too
 			return invalid("rate limit margin %v", m)
 		}
 		o.rateMargin = m

@@ -23,7 +23,7 @@ func TestOptionsRefused(t *testing.T) {
 		tb.WithRootCAs(nil), tb.WithCAFile("/nonexistent"), tb.WithPahoOptions(nil), tb.WithMaxReconnectDelay(0),
 		tb.WithBasicCredentials("", "", "p"),
 		tb.WithPoisonThreshold(-1), tb.WithRateLimitMargin(0), tb.WithRateLimitMargin(-0.5), tb.WithRateLimitMargin(1.01),
-		tb.WithRateLimitMargin(math.Inf(1)),
+		tb.WithRateLimitMargin(math.Inf(1)), tb.WithRateLimitMargin(math.NaN()),
 	} {
 		_, err := tb.Dial(ctx, "tcp://127.0.0.1:1", opt)
 		assert.ErrorIs(t, err, tb.ErrInvalidOption)
