@@ -179,8 +179,11 @@ func parseDialOptions(broker string, opts []Option) (options, *url.URL, error) {
 // MQTT connection is closed cleanly. Data still queued then fails with
 // ErrClosed, or stays in the WithQueueStore store. It waits for the
 // gateway's goroutines and running handlers until ctx ends, and returns
-// by then in every state (offline, pacing, announcing). Every call made
-// after Close returns ErrClosed. Close is idempotent.
+// by then in every state (offline, pacing, announcing). A write paho
+// began on a connection that was cut just before can keep one goroutine
+// of it for up to the write timeout (WithConnectTimeout); Close waits for
+// it as long as ctx allows. Every call made after Close returns
+// ErrClosed. Close is idempotent.
 func (g *Gateway) Close(ctx context.Context) error {
 	first := false
 	g.life.once.Do(func() { first = true })
