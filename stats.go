@@ -1,6 +1,7 @@
 package tbgateway
 
 import (
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -129,4 +130,54 @@ func (g *Gateway) Stats() Stats {
 		State:          g.State(),
 		AckLatency:     s.ackLatency.snapshot(),
 	}
+}
+
+// StatsMetric is one count or level of Stats, named for metric exporters:
+// plugin/tbprom and plugin/tbotel export exactly these, so that every
+// exporter names and describes the same figures, and a new Stats field
+// reaches them all from one table.
+type StatsMetric struct {
+	Field string // the Stats field it reads
+	Name  string // snake_case, without namespace or suffix: handler_dropped, queue_depth_bytes
+	Help  string
+	Unit  string // "By" for a size in bytes, else ""
+	Gauge bool   // a level now (the queue's depth), not a count since Dial
+	Value func(*Stats) uint64
+}
+
+// StatsMetrics returns every counter and gauge of Stats, counters first, in
+// a fixed order. Stats.State and Stats.AckLatency are not among them: each
+// exporter shapes those its own way.
+func StatsMetrics() []StatsMetric { return slices.Clone(statsMetrics) }
+
+var statsMetrics = []StatsMetric{
+	{Field: "Accepted", Name: "accepted", Help: "Records accepted into the queue.", Value: func(s *Stats) uint64 { return s.Accepted }},
+	{Field: "Published", Name: "published", Help: "Messages handed to the MQTT connection.", Value: func(s *Stats) uint64 { return s.Published }},
+	{Field: "Acknowledged", Name: "acknowledged", Help: "Messages confirmed (PUBACK at QoS 1, written at QoS 0).", Value: func(s *Stats) uint64 { return s.Acknowledged }},
+	{Field: "DataPoints", Name: "data_points", Help: "Data points in acknowledged messages.", Value: func(s *Stats) uint64 { return s.DataPoints }},
+	{Field: "Resent", Name: "resent", Help: "Messages taken back from a lost connection to send again (possible duplicates at the server).", Value: func(s *Stats) uint64 { return s.Resent }},
+	{Field: "Restored", Name: "restored", Help: "Records loaded from the queue store at Dial (possible duplicates).", Value: func(s *Stats) uint64 { return s.Restored }},
+	{Field: "Unrestorable", Name: "unrestorable", Help: "Records the queue store returned at Dial that could not be decoded, dropped.", Value: func(s *Stats) uint64 { return s.Unrestorable }},
+	{Field: "Refused", Name: "refused", Help: "Calls refused because the queue (or the callback lane) was full.", Value: func(s *Stats) uint64 { return s.Refused }},
+	{Field: "Dropped", Name: "dropped", Help: "Records evicted by OverflowDropOldest.", Value: func(s *Stats) uint64 { return s.Dropped }},
+	{Field: "Expired", Name: "expired", Help: "Records dropped for waiting longer than WithMaxAge.", Value: func(s *Stats) uint64 { return s.Expired }},
+	{Field: "Salvaged", Name: "salvaged", Help: "Records the queue store salvaged from damaged files at open.", Value: func(s *Stats) uint64 { return s.Salvaged }},
+	{Field: "LostOnDisk", Name: "lost_on_disk", Help: "Records the queue store found damaged beyond reading at open.", Value: func(s *Stats) uint64 { return s.LostOnDisk }},
+	{Field: "Poisoned", Name: "poisoned", Help: "Messages set aside as poison.", Value: func(s *Stats) uint64 { return s.Poisoned }},
+	{Field: "Isolated", Name: "isolated", Help: "Suspected messages taken back to retry their parts alone.", Value: func(s *Stats) uint64 { return s.Isolated }},
+	{Field: "PublishErrors", Name: "publish_errors", Help: "Publishes the connection refused before sending (re-queued).", Value: func(s *Stats) uint64 { return s.PublishErrors }},
+	{Field: "Received", Name: "received", Help: "Messages received from the server.", Value: func(s *Stats) uint64 { return s.Received }},
+	{Field: "Malformed", Name: "malformed", Help: "Received messages that could not be decoded, dropped.", Value: func(s *Stats) uint64 { return s.Malformed }},
+	{Field: "Echoes", Name: "echoes", Help: "Own publishes a plain broker sent back, ignored.", Value: func(s *Stats) uint64 { return s.Echoes }},
+	{Field: "HandlerDropped", Name: "handler_dropped", Help: "Received messages dropped because a handler queue was full.", Value: func(s *Stats) uint64 { return s.HandlerDropped }},
+	{Field: "DuplicateRPCs", Name: "duplicate_rpcs", Help: "RPCs received again while their handler still ran, dropped.", Value: func(s *Stats) uint64 { return s.DuplicateRPCs }},
+	{Field: "HandlerPanics", Name: "handler_panics", Help: "Handler panics recovered.", Value: func(s *Stats) uint64 { return s.HandlerPanics }},
+	{Field: "Reconnects", Name: "reconnects", Help: "Successful reconnects after the first connection.", Value: func(s *Stats) uint64 { return s.Reconnects }},
+	{Field: "HalfOpen", Name: "half_open", Help: "Connections ended because nothing arrived within 1.5 x keep-alive.", Value: func(s *Stats) uint64 { return s.HalfOpen }},
+	{Field: "Announced", Name: "announced", Help: "Devices announced again on new connections.", Value: func(s *Stats) uint64 { return s.Announced }},
+	{Field: "Refreshed", Name: "refreshed", Help: "Quiet devices announced again (WithSessionRefresh).", Value: func(s *Stats) uint64 { return s.Refreshed }},
+	{Field: "LimitsApplied", Name: "limits_applied", Help: "getSessionLimits answers applied.", Value: func(s *Stats) uint64 { return s.LimitsApplied }},
+	{Field: "Queued", Name: "queue_depth_records", Help: "Records waiting in the outbound queue.", Gauge: true, Value: func(s *Stats) uint64 { return uint64(s.Queued) }},
+	{Field: "QueuedBytes", Name: "queue_depth_bytes", Help: "Size of the records waiting in the outbound queue, in bytes.", Unit: "By", Gauge: true, Value: func(s *Stats) uint64 { return uint64(s.QueuedBytes) }},
+	{Field: "InFlight", Name: "in_flight_messages", Help: "Messages sent and not yet acknowledged.", Gauge: true, Value: func(s *Stats) uint64 { return uint64(s.InFlight) }},
 }

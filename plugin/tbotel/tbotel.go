@@ -48,7 +48,8 @@
 //     the le="+Inf" bucket. A backend computes quantiles from the bucket
 //     rates as from a Prometheus histogram.
 //
-// Each instrument's description is the doc comment of its Stats field.
+// The names and descriptions come from tbgateway.StatsMetrics, the table
+// every exporter shares.
 // There are no per-device attributes: a gateway may serve thousands of
 // devices, and the Stats counters are gateway-wide. WithAttributes adds
 // fixed attributes to every observation, such as the gateway's name, to
@@ -70,56 +71,17 @@ import (
 // ScopeName is the name of the meter Register creates its instruments on.
 const ScopeName = "github.com/thingsgate/tbgateway/plugin/tbotel"
 
-// counter is one uint64 field of tbgateway.Stats exported as a counter.
-type counter struct {
-	field, name, desc string
-	value             func(*tbgateway.Stats) uint64
-}
-
-// gauge is one int field of tbgateway.Stats exported as a gauge.
-type gauge struct {
-	field, name, unit, desc string
-	value                   func(*tbgateway.Stats) int
-}
-
-// counters lists the counters Register exports, in order: the table the
-// package documentation spells out. A test fails when a uint64 field of
-// Stats is missing here.
-var counters = []counter{
-	{"Accepted", "accepted", "Records accepted into the queue.", func(s *tbgateway.Stats) uint64 { return s.Accepted }},
-	{"Published", "published", "Messages handed to the MQTT connection.", func(s *tbgateway.Stats) uint64 { return s.Published }},
-	{"Acknowledged", "acknowledged", "Messages confirmed (PUBACK at QoS 1, written at QoS 0).", func(s *tbgateway.Stats) uint64 { return s.Acknowledged }},
-	{"DataPoints", "data_points", "Data points in acknowledged messages.", func(s *tbgateway.Stats) uint64 { return s.DataPoints }},
-	{"Resent", "resent", "Messages taken back from a lost connection to send again (possible duplicates at the server).", func(s *tbgateway.Stats) uint64 { return s.Resent }},
-	{"Restored", "restored", "Records loaded from the queue store at Dial (possible duplicates).", func(s *tbgateway.Stats) uint64 { return s.Restored }},
-	{"Unrestorable", "unrestorable", "Records the queue store returned at Dial that could not be decoded, dropped.", func(s *tbgateway.Stats) uint64 { return s.Unrestorable }},
-	{"Refused", "refused", "Calls refused because the queue (or the callback lane) was full.", func(s *tbgateway.Stats) uint64 { return s.Refused }},
-	{"Dropped", "dropped", "Records evicted by OverflowDropOldest.", func(s *tbgateway.Stats) uint64 { return s.Dropped }},
-	{"Expired", "expired", "Records dropped for waiting longer than WithMaxAge.", func(s *tbgateway.Stats) uint64 { return s.Expired }},
-	{"Salvaged", "salvaged", "Records the queue store salvaged from damaged files at open.", func(s *tbgateway.Stats) uint64 { return s.Salvaged }},
-	{"LostOnDisk", "lost_on_disk", "Records the queue store found damaged beyond reading at open.", func(s *tbgateway.Stats) uint64 { return s.LostOnDisk }},
-	{"Poisoned", "poisoned", "Messages set aside as poison.", func(s *tbgateway.Stats) uint64 { return s.Poisoned }},
-	{"Isolated", "isolated", "Suspected messages taken back to retry their parts alone.", func(s *tbgateway.Stats) uint64 { return s.Isolated }},
-	{"PublishErrors", "publish_errors", "Publishes the connection refused before sending (re-queued).", func(s *tbgateway.Stats) uint64 { return s.PublishErrors }},
-	{"Received", "received", "Messages received from the server.", func(s *tbgateway.Stats) uint64 { return s.Received }},
-	{"Malformed", "malformed", "Received messages that could not be decoded, dropped.", func(s *tbgateway.Stats) uint64 { return s.Malformed }},
-	{"Echoes", "echoes", "Own publishes a plain broker sent back, ignored.", func(s *tbgateway.Stats) uint64 { return s.Echoes }},
-	{"HandlerDropped", "handler_dropped", "Received messages dropped because a handler queue was full.", func(s *tbgateway.Stats) uint64 { return s.HandlerDropped }},
-	{"DuplicateRPCs", "duplicate_rpcs", "RPCs received again while their handler still ran, dropped.", func(s *tbgateway.Stats) uint64 { return s.DuplicateRPCs }},
-	{"HandlerPanics", "handler_panics", "Handler panics recovered.", func(s *tbgateway.Stats) uint64 { return s.HandlerPanics }},
-	{"Reconnects", "reconnects", "Successful reconnects after the first connection.", func(s *tbgateway.Stats) uint64 { return s.Reconnects }},
-	{"HalfOpen", "half_open", "Connections ended because nothing arrived within 1.5 x keep-alive.", func(s *tbgateway.Stats) uint64 { return s.HalfOpen }},
-	{"Announced", "announced", "Devices announced again on new connections.", func(s *tbgateway.Stats) uint64 { return s.Announced }},
-	{"Refreshed", "refreshed", "Quiet devices announced again (WithSessionRefresh).", func(s *tbgateway.Stats) uint64 { return s.Refreshed }},
-	{"LimitsApplied", "limits_applied", "getSessionLimits answers applied.", func(s *tbgateway.Stats) uint64 { return s.LimitsApplied }},
-}
-
-// gauges lists the gauges Register exports besides connection_state, in
-// order. A test fails when an int field of Stats is missing here.
-var gauges = []gauge{
-	{"Queued", "queue_depth_records", "", "Records waiting in the outbound queue.", func(s *tbgateway.Stats) int { return s.Queued }},
-	{"QueuedBytes", "queue_depth_bytes", "By", "Size of the records waiting in the outbound queue.", func(s *tbgateway.Stats) int { return s.QueuedBytes }},
-	{"InFlight", "in_flight_messages", "", "Messages sent and not yet acknowledged.", func(s *tbgateway.Stats) int { return s.InFlight }},
+// metrics splits tbgateway.StatsMetrics, the table every exporter shares,
+// into counters and gauges.
+func metrics() (counters, gauges []tbgateway.StatsMetric) {
+	for _, m := range tbgateway.StatsMetrics() {
+		if m.Gauge {
+			gauges = append(gauges, m)
+		} else {
+			counters = append(counters, m)
+		}
+	}
+	return counters, gauges
 }
 
 // states are the values of connection_state's attribute state, in order.
@@ -179,20 +141,21 @@ func Register(g *tbgateway.Gateway, mp metric.MeterProvider, opts ...Option) (un
 	base := with()
 
 	var insts []metric.Observable
+	counters, gauges := metrics()
 	cs := make([]metric.Int64ObservableCounter, len(counters))
 	for i, c := range counters {
-		if cs[i], err = meter.Int64ObservableCounter(name(c.name), metric.WithDescription(c.desc)); err != nil {
+		if cs[i], err = meter.Int64ObservableCounter(name(c.Name), metric.WithDescription(c.Help)); err != nil {
 			return nil, err
 		}
 		insts = append(insts, cs[i])
 	}
 	gs := make([]metric.Int64ObservableGauge, len(gauges))
 	for i, m := range gauges {
-		gopts := []metric.Int64ObservableGaugeOption{metric.WithDescription(m.desc)}
-		if m.unit != "" {
-			gopts = append(gopts, metric.WithUnit(m.unit))
+		gopts := []metric.Int64ObservableGaugeOption{metric.WithDescription(m.Help)}
+		if m.Unit != "" {
+			gopts = append(gopts, metric.WithUnit(m.Unit))
 		}
-		if gs[i], err = meter.Int64ObservableGauge(name(m.name), gopts...); err != nil {
+		if gs[i], err = meter.Int64ObservableGauge(name(m.Name), gopts...); err != nil {
 			return nil, err
 		}
 		insts = append(insts, gs[i])
@@ -230,10 +193,10 @@ func Register(g *tbgateway.Gateway, mp metric.MeterProvider, opts ...Option) (un
 	reg, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		s := g.Stats()
 		for i, c := range counters {
-			o.ObserveInt64(cs[i], clamp(c.value(&s)), base)
+			o.ObserveInt64(cs[i], clamp(c.Value(&s)), base)
 		}
 		for i, m := range gauges {
-			o.ObserveInt64(gs[i], int64(m.value(&s)), base)
+			o.ObserveInt64(gs[i], clamp(m.Value(&s)), base)
 		}
 		for i, st := range states {
 			v := int64(0)

@@ -45,7 +45,8 @@
 //     seconds. Its count is the sum of the bucket counts, so that the
 //     buckets and the count of a scrape always agree.
 //
-// The help text of each metric is the doc comment of its Stats field.
+// The names and help texts come from tbgateway.StatsMetrics, the table
+// every exporter shares.
 // There are no per-device labels: a gateway may serve thousands of devices,
 // and the Stats counters are gateway-wide. To tell gateways apart (and to
 // register more than one gateway's Collector in one registry) give each a
@@ -59,62 +60,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/thingsgate/tbgateway"
 )
-
-// counter is one uint64 field of tbgateway.Stats exported as a counter.
-type counter struct {
-	Field string // the Stats field
-	Name  string // the metric's name without namespace and subsystem; ends in _total
-	Help  string
-	Value func(*tbgateway.Stats) uint64
-}
-
-// gauge is one int field of tbgateway.Stats exported as a gauge.
-type gauge struct {
-	Field string // the Stats field
-	Name  string // the metric's name without namespace and subsystem
-	Help  string
-	Value func(*tbgateway.Stats) int
-}
-
-// counters lists the counters a Collector exports, in order: the table the
-// package documentation spells out. A test fails when a uint64 field of
-// Stats is missing here.
-var counters = []counter{
-	{"Accepted", "accepted_total", "Records accepted into the queue.", func(s *tbgateway.Stats) uint64 { return s.Accepted }},
-	{"Published", "published_total", "Messages handed to the MQTT connection.", func(s *tbgateway.Stats) uint64 { return s.Published }},
-	{"Acknowledged", "acknowledged_total", "Messages confirmed (PUBACK at QoS 1, written at QoS 0).", func(s *tbgateway.Stats) uint64 { return s.Acknowledged }},
-	{"DataPoints", "data_points_total", "Data points in acknowledged messages.", func(s *tbgateway.Stats) uint64 { return s.DataPoints }},
-	{"Resent", "resent_total", "Messages taken back from a lost connection to send again (possible duplicates at the server).", func(s *tbgateway.Stats) uint64 { return s.Resent }},
-	{"Restored", "restored_total", "Records loaded from the queue store at Dial (possible duplicates).", func(s *tbgateway.Stats) uint64 { return s.Restored }},
-	{"Unrestorable", "unrestorable_total", "Records the queue store returned at Dial that could not be decoded, dropped.", func(s *tbgateway.Stats) uint64 { return s.Unrestorable }},
-	{"Refused", "refused_total", "Calls refused because the queue (or the callback lane) was full.", func(s *tbgateway.Stats) uint64 { return s.Refused }},
-	{"Dropped", "dropped_total", "Records evicted by OverflowDropOldest.", func(s *tbgateway.Stats) uint64 { return s.Dropped }},
-	{"Expired", "expired_total", "Records dropped for waiting longer than WithMaxAge.", func(s *tbgateway.Stats) uint64 { return s.Expired }},
-	{"Salvaged", "salvaged_total", "Records the queue store salvaged from damaged files at open.", func(s *tbgateway.Stats) uint64 { return s.Salvaged }},
-	{"LostOnDisk", "lost_on_disk_total", "Records the queue store found damaged beyond reading at open.", func(s *tbgateway.Stats) uint64 { return s.LostOnDisk }},
-	{"Poisoned", "poisoned_total", "Messages set aside as poison.", func(s *tbgateway.Stats) uint64 { return s.Poisoned }},
-	{"Isolated", "isolated_total", "Suspected messages taken back to retry their parts alone.", func(s *tbgateway.Stats) uint64 { return s.Isolated }},
-	{"PublishErrors", "publish_errors_total", "Publishes the connection refused before sending (re-queued).", func(s *tbgateway.Stats) uint64 { return s.PublishErrors }},
-	{"Received", "received_total", "Messages received from the server.", func(s *tbgateway.Stats) uint64 { return s.Received }},
-	{"Malformed", "malformed_total", "Received messages that could not be decoded, dropped.", func(s *tbgateway.Stats) uint64 { return s.Malformed }},
-	{"Echoes", "echoes_total", "Own publishes a plain broker sent back, ignored.", func(s *tbgateway.Stats) uint64 { return s.Echoes }},
-	{"HandlerDropped", "handler_dropped_total", "Received messages dropped because a handler queue was full.", func(s *tbgateway.Stats) uint64 { return s.HandlerDropped }},
-	{"DuplicateRPCs", "duplicate_rpcs_total", "RPCs received again while their handler still ran, dropped.", func(s *tbgateway.Stats) uint64 { return s.DuplicateRPCs }},
-	{"HandlerPanics", "handler_panics_total", "Handler panics recovered.", func(s *tbgateway.Stats) uint64 { return s.HandlerPanics }},
-	{"Reconnects", "reconnects_total", "Successful reconnects after the first connection.", func(s *tbgateway.Stats) uint64 { return s.Reconnects }},
-	{"HalfOpen", "half_open_total", "Connections ended because nothing arrived within 1.5 x keep-alive.", func(s *tbgateway.Stats) uint64 { return s.HalfOpen }},
-	{"Announced", "announced_total", "Devices announced again on new connections.", func(s *tbgateway.Stats) uint64 { return s.Announced }},
-	{"Refreshed", "refreshed_total", "Quiet devices announced again (WithSessionRefresh).", func(s *tbgateway.Stats) uint64 { return s.Refreshed }},
-	{"LimitsApplied", "limits_applied_total", "getSessionLimits answers applied.", func(s *tbgateway.Stats) uint64 { return s.LimitsApplied }},
-}
-
-// gauges lists the gauges a Collector exports besides connection_state, in
-// order. A test fails when an int field of Stats is missing here.
-var gauges = []gauge{
-	{"Queued", "queue_depth_records", "Records waiting in the outbound queue.", func(s *tbgateway.Stats) int { return s.Queued }},
-	{"QueuedBytes", "queue_depth_bytes", "Size of the records waiting in the outbound queue, in bytes.", func(s *tbgateway.Stats) int { return s.QueuedBytes }},
-	{"InFlight", "in_flight_messages", "Messages sent and not yet acknowledged.", func(s *tbgateway.Stats) int { return s.InFlight }},
-}
 
 // states are the values of connection_state's label state, in order.
 var states = []struct {
@@ -158,11 +103,11 @@ func WithConstLabels(l prometheus.Labels) Option {
 // Collector is a prometheus.Collector of one gateway's Stats. Create it
 // with NewCollector; it is safe for concurrent use.
 type Collector struct {
-	g            *tbgateway.Gateway
-	counterDescs []*prometheus.Desc // per counters
-	gaugeDescs   []*prometheus.Desc // per gauges
-	state        *prometheus.Desc
-	latency      *prometheus.Desc
+	g       *tbgateway.Gateway
+	metrics []tbgateway.StatsMetric
+	descs   []*prometheus.Desc // per metrics
+	state   *prometheus.Desc
+	latency *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -178,12 +123,9 @@ func NewCollector(g *tbgateway.Gateway, opts ...Option) *Collector {
 	desc := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(cfg.namespace, cfg.subsystem, name), help, labels, cfg.labels)
 	}
-	c := &Collector{g: g}
-	for _, m := range counters {
-		c.counterDescs = append(c.counterDescs, desc(m.Name, m.Help))
-	}
-	for _, m := range gauges {
-		c.gaugeDescs = append(c.gaugeDescs, desc(m.Name, m.Help))
+	c := &Collector{g: g, metrics: tbgateway.StatsMetrics()}
+	for _, m := range c.metrics {
+		c.descs = append(c.descs, desc(metricName(m), m.Help))
 	}
 	c.state = desc("connection_state", "The connection's state: 1 for the current state, 0 for the others.", "state")
 	c.latency = desc("ack_latency_seconds", "Time from handing a message to the MQTT connection to its acknowledgement.")
@@ -192,10 +134,7 @@ func NewCollector(g *tbgateway.Gateway, opts ...Option) *Collector {
 
 // Describe sends the descriptors of all the Collector's metrics.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range c.counterDescs {
-		ch <- d
-	}
-	for _, d := range c.gaugeDescs {
+	for _, d := range c.descs {
 		ch <- d
 	}
 	ch <- c.state
@@ -205,11 +144,12 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect takes one Stats snapshot and sends its metrics.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.g.Stats()
-	for i, m := range counters {
-		ch <- prometheus.MustNewConstMetric(c.counterDescs[i], prometheus.CounterValue, float64(m.Value(&s)))
-	}
-	for i, m := range gauges {
-		ch <- prometheus.MustNewConstMetric(c.gaugeDescs[i], prometheus.GaugeValue, float64(m.Value(&s)))
+	for i, m := range c.metrics {
+		kind := prometheus.CounterValue
+		if m.Gauge {
+			kind = prometheus.GaugeValue
+		}
+		ch <- prometheus.MustNewConstMetric(c.descs[i], kind, float64(m.Value(&s)))
 	}
 	for _, st := range states {
 		v := 0.0
@@ -220,6 +160,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	count, sum, buckets := histogram(s.AckLatency)
 	ch <- prometheus.MustNewConstHistogram(c.latency, count, sum, buckets)
+}
+
+// metricName is m's name without namespace: counters take the suffix
+// _total.
+func metricName(m tbgateway.StatsMetric) string {
+	if m.Gauge {
+		return m.Name
+	}
+	return m.Name + "_total"
 }
 
 // histogram converts h to a Prometheus histogram: the count (the sum of the
