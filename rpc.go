@@ -105,8 +105,14 @@ func (mux *RPCMux) handler(method string) RPCHandler {
 	return mux.m[""]
 }
 
-// errNoHandler is the answer to an RPC nobody handles.
-func errNoHandler(method string) error { return fmt.Errorf("no handler for method %q", method) }
+// ErrNoHandler is matched by the answer to an RPC that no handler takes
+// (an RPCMux without the method, or no handler at all). A handler may
+// return it, wrapped, to decline a method; a notice the gateway acts on
+// itself (gateway_device_renamed, gateway_device_deleted) is then still
+// answered with success. Unprefixed: its text is what the server is told.
+var ErrNoHandler = errors.New("no handler")
+
+func errNoHandler(method string) error { return fmt.Errorf("%w for method %q", ErrNoHandler, method) }
 
 type rpcKey struct {
 	device string // "" for the gateway itself
@@ -216,11 +222,10 @@ func (g *Gateway) serveRPC(h RPCHandler, req *RPCRequest) {
 		// The gateway acts on the notice itself (and tells the device
 		// listener); a user handler for the method may still answer.
 		err = g.onDeviceNotice(req)
-		if mux, ok := h.(*RPCMux); ok && mux.handler(req.Method) == nil {
-			h = nil // a mux that has no handler for it must not make the notice an error
-		}
 		if h != nil && err == nil {
-			result, err = g.callHandler(h, req)
+			if result, err = g.callHandler(h, req); errors.Is(err, ErrNoHandler) {
+				result, err = nil, nil // declined: the notice was acted on all the same
+			}
 		}
 	case h == nil:
 		err = errNoHandler(req.Method)

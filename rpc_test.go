@@ -27,6 +27,7 @@ func TestRPCMux(t *testing.T) {
 	ctx := context.Background()
 	_, err := mux.HandleRPC(ctx, &tb.RPCRequest{Method: "m"})
 	require.EqualError(t, err, `no handler for method "m"`)
+	require.ErrorIs(t, err, tb.ErrNoHandler)
 
 	mux.HandleFunc("m", func(context.Context, *tb.RPCRequest) (any, error) { return "m", nil })
 	got, err := mux.HandleRPC(ctx, &tb.RPCRequest{Method: "m"})
