@@ -680,9 +680,11 @@ func (l *Log) Append(data [][]byte, ids []uint64) error {
 	}
 	at := l.cfg.now().UnixNano()
 	if l.mem != nil {
-		err := l.appendMapped(data, ids, at)
-		l.mu.Unlock()
-		return err
+		if mapped, err := l.appendMapped(data, ids, at); mapped || err != nil {
+			l.mu.Unlock()
+			return err
+		}
+		// The next segment could not be mapped: on with write(2).
 	}
 	if len(l.pending) == 0 {
 		l.pendingFirst = l.nextID
@@ -712,8 +714,10 @@ func (l *Log) Append(data [][]byte, ids []uint64) error {
 
 // appendMapped copies the frames into the mapped newest segment: once
 // copied they are the operating system's, so the call returns without a
-// write or a wait. It runs under l.mu, which orders the frames.
-func (l *Log) appendMapped(data [][]byte, ids []uint64, at int64) (err error) {
+// write or a wait. It runs under l.mu, which orders the frames. It
+// reports false, having written nothing, when the frames needed a new
+// segment and that one could not be mapped.
+func (l *Log) appendMapped(data [][]byte, ids []uint64, at int64) (mapped bool, err error) {
 	var need int64
 	for _, d := range data {
 		need += frameLen(d)
@@ -721,10 +725,10 @@ func (l *Log) appendMapped(data [][]byte, ids []uint64, at int64) (err error) {
 	if l.size+need > int64(len(l.mem)) {
 		if err := l.rotateMapped(need); err != nil {
 			l.err = fmt.Errorf("durable: write: %w", err)
-			return l.err
+			return false, l.err
 		}
 		if l.mem == nil {
-			return l.appendDirect(data, ids, at)
+			return false, nil
 		}
 	}
 	// A mapped file that shrinks under us (another process truncating
@@ -743,7 +747,7 @@ func (l *Log) appendMapped(data [][]byte, ids []uint64, at int64) (err error) {
 		l.nextID++
 	}
 	l.grewLocked(first)
-	return nil
+	return true, nil
 }
 
 // grewLocked records the ids from first to nextID as written to the
@@ -754,26 +758,6 @@ func (l *Log) grewLocked(first uint64) {
 	last.next = l.nextID
 	last.live += int(l.nextID - first)
 	l.written = l.nextID
-}
-
-// appendDirect writes the frames with one write(2), under l.mu: the
-// path of an Append that found the disk too full to map a new segment
-// (it then fails the way a write does).
-func (l *Log) appendDirect(data [][]byte, ids []uint64, at int64) error {
-	first := l.nextID
-	var buf []byte
-	for i, d := range data {
-		ids[i] = l.nextID
-		buf = appendFrame(buf, l.nextID, at, d)
-		l.nextID++
-	}
-	if _, err := l.f.Write(buf); err != nil {
-		l.err = fmt.Errorf("durable: write: %w", err)
-		return l.err
-	}
-	l.size += int64(len(buf))
-	l.grewLocked(first)
-	return nil
 }
 
 // rotateMapped closes the mapped newest segment and starts the next,
