@@ -9,7 +9,6 @@ import (
 	"fmt"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/thingsgate/tbgateway/internal/jsonx"
 )
 
 // Provisioning topics and the user name that opens a provision-only
@@ -185,59 +184,52 @@ func waitToken(ctx context.Context, t mqtt.Token) error {
 	}
 }
 
-// encodeProvisionRequest builds the request, sending only what the
-// credentials type uses.
+// provisionJSON is the request on the wire; only what the credentials
+// type uses is sent.
+type provisionJSON struct {
+	Key             string          `json:"provisionDeviceKey"`
+	Secret          string          `json:"provisionDeviceSecret"`
+	DeviceName      string          `json:"deviceName,omitempty"`
+	CredentialsType CredentialsType `json:"credentialsType,omitempty"`
+	Token           string          `json:"token,omitempty"`
+	ClientID        string          `json:"clientId,omitempty"`
+	Username        string          `json:"username,omitempty"`
+	Password        string          `json:"password,omitempty"`
+	Hash            string          `json:"hash,omitempty"`
+	Gateway         bool            `json:"gateway,omitempty"`
+}
+
+// encodeProvisionRequest checks and builds the request.
 func encodeProvisionRequest(r ProvisionRequest) ([]byte, error) {
 	if r.Key == "" || r.Secret == "" {
 		return nil, fmt.Errorf("%w: provisioning needs the profile's key and secret", ErrInvalidValue)
 	}
-	w := provisionWriter{b: []byte{'{'}}
-	w.str("provisionDeviceKey", r.Key)
-	w.str("provisionDeviceSecret", r.Secret)
 	if r.DeviceName != "" {
 		if err := checkDeviceName(r.DeviceName); err != nil {
 			return nil, err
 		}
-		w.str("deviceName", r.DeviceName)
 	}
+	j := provisionJSON{Key: r.Key, Secret: r.Secret, DeviceName: r.DeviceName, Gateway: r.Gateway}
 	switch r.Type {
 	case "", CredentialsAccessToken:
 		if r.Token != "" {
-			w.str("credentialsType", string(CredentialsAccessToken))
-			w.str("token", r.Token)
+			j.CredentialsType, j.Token = CredentialsAccessToken, r.Token
 		}
 	case CredentialsMQTTBasic:
 		if r.ClientID == "" && r.Username == "" {
 			return nil, fmt.Errorf("%w: MQTT basic credentials need a client id or a user name", ErrInvalidValue)
 		}
-		w.str("credentialsType", string(CredentialsMQTTBasic))
-		w.str("clientId", r.ClientID)
-		w.str("username", r.Username)
-		w.str("password", r.Password)
+		j.CredentialsType, j.ClientID, j.Username, j.Password = CredentialsMQTTBasic, r.ClientID, r.Username, r.Password
 	case CredentialsX509:
 		if r.Certificate == nil || len(r.Certificate.Certificate) == 0 {
 			return nil, fmt.Errorf("%w: X.509 credentials need the device's certificate", ErrInvalidValue)
 		}
-		w.str("credentialsType", string(CredentialsX509))
-		w.str("hash", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Certificate.Certificate[0]})))
+		j.CredentialsType = CredentialsX509
+		j.Hash = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Certificate.Certificate[0]}))
 	default:
 		return nil, fmt.Errorf("%w: credentials type %q", ErrInvalidValue, r.Type)
 	}
-	if r.Gateway {
-		w.b = append(w.b, `,"gateway":true`...)
-	}
-	return append(w.b, '}'), nil
-}
-
-type provisionWriter struct{ b []byte }
-
-func (w *provisionWriter) str(key, v string) {
-	if len(w.b) > 1 {
-		w.b = append(w.b, ',')
-	}
-	w.b = jsonx.AppendString(w.b, key)
-	w.b = append(w.b, ':')
-	w.b = jsonx.AppendString(w.b, v)
+	return json.Marshal(j)
 }
 
 // decodeProvisionReply reads the answer: the credentials, or the
