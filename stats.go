@@ -42,8 +42,10 @@ type Stats struct {
 	AckLatency Histogram       // from handing a message to the connection to its acknowledgement
 }
 
-// AckLatencyBounds are the upper bounds of Stats.AckLatency's buckets.
-var AckLatencyBounds = []time.Duration{
+// AckLatencyBounds returns the upper bounds of Stats.AckLatency's buckets.
+func AckLatencyBounds() []time.Duration { return slices.Clone(ackLatencyBounds[:]) }
+
+var ackLatencyBounds = [...]time.Duration{
 	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond,
 	25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond,
 	500 * time.Millisecond, time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
@@ -57,16 +59,16 @@ type Histogram struct {
 	Sum    time.Duration   // their total
 }
 
-// histogram counts observations into AckLatencyBounds' buckets.
+// histogram counts observations into ackLatencyBounds' buckets.
 type histogram struct {
-	counts [14]atomic.Uint64 // len(AckLatencyBounds)+1
+	counts [len(ackLatencyBounds) + 1]atomic.Uint64
 	count  atomic.Uint64
 	sum    atomic.Int64
 }
 
 func (h *histogram) observe(d time.Duration) {
 	i := 0
-	for i < len(AckLatencyBounds) && d > AckLatencyBounds[i] {
+	for i < len(ackLatencyBounds) && d > ackLatencyBounds[i] {
 		i++
 	}
 	h.counts[i].Add(1)
@@ -75,7 +77,7 @@ func (h *histogram) observe(d time.Duration) {
 }
 
 func (h *histogram) snapshot() Histogram {
-	s := Histogram{Bounds: AckLatencyBounds, Counts: make([]uint64, len(h.counts))}
+	s := Histogram{Bounds: AckLatencyBounds(), Counts: make([]uint64, len(h.counts))}
 	for i := range h.counts {
 		s.Counts[i] = h.counts[i].Load()
 	}

@@ -37,7 +37,7 @@ func TestDocListsInstruments(t *testing.T) {
 }
 
 func TestCumulative(t *testing.T) {
-	h := tbgateway.Histogram{Bounds: tbgateway.AckLatencyBounds, Counts: make([]uint64, len(tbgateway.AckLatencyBounds)+1)}
+	h := tbgateway.Histogram{Bounds: tbgateway.AckLatencyBounds(), Counts: make([]uint64, len(tbgateway.AckLatencyBounds())+1)}
 	h.Counts[0], h.Counts[3], h.Counts[len(h.Counts)-1] = 2, 5, 1
 	c := cumulative(h)
 	if len(c) != len(h.Bounds)+1 || c[0] != 2 || c[2] != 2 || c[3] != 7 || c[len(c)-2] != 7 || c[len(c)-1] != 8 {

@@ -42,7 +42,7 @@
 //     observable counters: tbgateway.ack_latency.count (observations),
 //     tbgateway.ack_latency.sum (their total, a Float64ObservableCounter in
 //     seconds, unit s) and tbgateway.ack_latency.bucket, observed once per
-//     bucket of tbgateway.AckLatencyBounds with the attribute le, the
+//     bucket of tbgateway.AckLatencyBounds() with the attribute le, the
 //     bucket's upper bound in seconds ("0.001", "0.0025", ..., "10", "+Inf"),
 //     valued by the observations at or below that bound. The count equals
 //     the le="+Inf" bucket. A backend computes quantiles from the bucket
@@ -59,6 +59,7 @@ package tbotel
 import (
 	"context"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 
@@ -186,9 +187,10 @@ func Register(g *tbgateway.Gateway, mp metric.MeterProvider, opts ...Option) (un
 		return nil, err
 	}
 	insts = append(insts, state, latCount, latSum, latBucket)
-	// The bucket attributes for tbgateway.AckLatencyBounds; a snapshot with
+	// The bucket attributes for tbgateway.AckLatencyBounds(); a snapshot with
 	// other bounds gets its own.
-	bucketOpts := leOptions(tbgateway.AckLatencyBounds, with)
+	bounds := tbgateway.AckLatencyBounds()
+	bucketOpts := leOptions(bounds, with)
 
 	reg, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		s := g.Stats()
@@ -207,7 +209,7 @@ func Register(g *tbgateway.Gateway, mp metric.MeterProvider, opts ...Option) (un
 		}
 		h := s.AckLatency
 		opts := bucketOpts
-		if !sameBounds(h.Bounds) {
+		if !slices.Equal(h.Bounds, bounds) {
 			opts = leOptions(h.Bounds, with)
 		}
 		cum := cumulative(h)
@@ -250,18 +252,6 @@ func leOptions(bounds []time.Duration, with func(...attribute.KeyValue) metric.M
 		out = append(out, with(attribute.String("le", strconv.FormatFloat(b.Seconds(), 'g', -1, 64))))
 	}
 	return append(out, with(attribute.String("le", "+Inf")))
-}
-
-func sameBounds(b []time.Duration) bool {
-	if len(b) != len(tbgateway.AckLatencyBounds) {
-		return false
-	}
-	for i := range b {
-		if b[i] != tbgateway.AckLatencyBounds[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func clamp(v uint64) int64 {

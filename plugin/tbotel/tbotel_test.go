@@ -145,7 +145,7 @@ func TestRegister(t *testing.T) {
 	for _, dp := range sum(t, ms["tbgateway.ack_latency.bucket"]) {
 		buckets[attr(dp, "le")] = dp.Value
 	}
-	if len(buckets) != len(tbgateway.AckLatencyBounds)+1 {
+	if len(buckets) != len(tbgateway.AckLatencyBounds())+1 {
 		t.Errorf("%d buckets: %v", len(buckets), buckets)
 	}
 	if buckets["+Inf"] != acked {

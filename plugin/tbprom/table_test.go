@@ -19,8 +19,8 @@ func TestStateLabels(t *testing.T) {
 
 func TestHistogram(t *testing.T) {
 	h := tbgateway.Histogram{
-		Bounds: tbgateway.AckLatencyBounds,
-		Counts: make([]uint64, len(tbgateway.AckLatencyBounds)+1),
+		Bounds: tbgateway.AckLatencyBounds(),
+		Counts: make([]uint64, len(tbgateway.AckLatencyBounds())+1),
 	}
 	h.Counts[0], h.Counts[3], h.Counts[len(h.Counts)-1] = 2, 5, 1
 	h.Sum = 1500 * 1e6 // 1.5 s

@@ -41,7 +41,7 @@
 //     enum's numbers, and sum over many gateways;
 //   - tbgateway_ack_latency_seconds, a histogram of Stats.AckLatency (the
 //     time from handing a message to the MQTT connection to its
-//     acknowledgement), with the buckets of tbgateway.AckLatencyBounds in
+//     acknowledgement), with the buckets of tbgateway.AckLatencyBounds() in
 //     seconds. Its count is the sum of the bucket counts, so that the
 //     buckets and the count of a scrape always agree.
 //

@@ -118,8 +118,8 @@ func TestCollect(t *testing.T) {
 	if hist.GetSampleSum() <= 0 {
 		t.Errorf("histogram sum %v", hist.GetSampleSum())
 	}
-	if n := len(hist.GetBucket()); n != len(tbgateway.AckLatencyBounds) {
-		t.Errorf("%d buckets, want %d", n, len(tbgateway.AckLatencyBounds))
+	if n := len(hist.GetBucket()); n != len(tbgateway.AckLatencyBounds()) {
+		t.Errorf("%d buckets, want %d", n, len(tbgateway.AckLatencyBounds()))
 	}
 	prev := uint64(0)
 	for _, b := range hist.GetBucket() {
@@ -133,7 +133,7 @@ func TestCollect(t *testing.T) {
 	}
 
 	// Every metric once, and no label but state: no per-device labels.
-	want := len(tbgateway.AckLatencyBounds) // just a sanity floor
+	want := len(tbgateway.AckLatencyBounds()) // just a sanity floor
 	if n := testutil.CollectAndCount(c); n < want {
 		t.Errorf("%d metrics", n)
 	}
